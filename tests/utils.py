@@ -1,0 +1,37 @@
+"""Helpers shared by the tests: fairseq-hydra-train as a user runs it, and its logged losses."""
+
+import os
+import re
+import subprocess
+import sys
+from typing import List, Sequence, Tuple
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TRAIN_LOSS = re.compile(r"\[train_inner\].*?\bloss=([0-9.eE+-]+)")
+
+
+def fairseq_hydra_train_command() -> List[str]:
+    """The console script of the interpreter running the tests (the venv's)."""
+    script = os.path.join(os.path.dirname(sys.executable), "fairseq-hydra-train")
+    return [script] if os.path.exists(script) else [sys.executable, "-m", "fairseq_cli.hydra_train"]
+
+
+def run_fairseq_hydra_train(
+    config_dir: str, config_name: str, overrides: Sequence[str], cwd: str = REPO_ROOT, timeout: int = 600
+) -> Tuple[subprocess.CompletedProcess, List[float]]:
+    """Run ``fairseq-hydra-train --config-dir D --config-name N overrides...`` and parse its losses.
+
+    Raises AssertionError with the end of the log when the run fails, so a failing smoke test
+    shows fairseq's own error.
+    """
+    command = fairseq_hydra_train_command() + ["--config-dir", config_dir, "--config-name", config_name]
+    command += list(overrides)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(command)} failed:\n{log[-6000:]}"
+    return proc, train_losses(log)
+
+
+def train_losses(log: str) -> List[float]:
+    return [float(m) for m in _TRAIN_LOSS.findall(log)]
