@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The demo (`make demo`): demo corpus -> manifests -> a tiny training run per learner on the CPU.
+# Everything goes under $DEMO_DIR (default demo/):
+#   corpus/                 wavs + clip_labels.tsv, frame_labels.tsv, labels.json
+#   manifest/               train.tsv, valid.tsv, manifest_report.txt
+#   <learner>/checkpoints/  fairseq checkpoints (checkpoint_last.pt, ...) and hydra_train.log
+#   <learner>/tb/           tensorboard logs
+# LEARNERS="..." picks a subset. Each run starts fresh (its folder is replaced).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO_DIR=${DEMO_DIR:-demo}
+LEARNERS=${LEARNERS:-"wav2vec2"}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "demo corpus -> $DEMO_DIR/corpus"
+python scripts/make_demo_corpus.py "$DEMO_DIR/corpus"
+
+step "manifests -> $DEMO_DIR/manifest"
+python scripts/make_manifest.py "$DEMO_DIR/corpus" "$DEMO_DIR/manifest" --valid-percent 0.1 --seed 0 --no-progress
+
+train_tiny() {  # learner config_dir [overrides...]
+  local learner=$1 config_dir=$2; shift 2
+  step "$learner: fairseq-hydra-train --config-dir $config_dir --config-name tiny"
+  rm -rf "${DEMO_DIR:?}/$learner"
+  fairseq-hydra-train --config-dir "$config_dir" --config-name tiny \
+    task.data="$DEMO_DIR/manifest" \
+    checkpoint.save_dir="$DEMO_DIR/$learner/checkpoints" \
+    common.tensorboard_logdir="$DEMO_DIR/$learner/tb" "$@" \
+    2>&1 | grep -E "train_inner|\| valid on|done training|Error|error" || true
+  test -f "$DEMO_DIR/$learner/checkpoints/checkpoint_last.pt" \
+    || { echo "$learner: no checkpoint written, see $DEMO_DIR/$learner/checkpoints/hydra_train.log"; exit 1; }
+}
+
+for learner in $LEARNERS; do
+  case $learner in
+    wav2vec2) train_tiny wav2vec2 examples/wav2vec2 ;;
+    *) echo "unknown learner '$learner'"; exit 2 ;;
+  esac
+done
+
+step "outputs"
+for learner in $LEARNERS; do
+  echo "$learner: checkpoints in $DEMO_DIR/$learner/checkpoints, tensorboard logs in $DEMO_DIR/$learner/tb"
+done
+echo "tensorboard --logdir $DEMO_DIR   # to look at the curves"
