@@ -35,3 +35,25 @@ def run_fairseq_hydra_train(
 
 def train_losses(log: str) -> List[float]:
     return [float(m) for m in _TRAIN_LOSS.findall(log)]
+
+
+def compose_example_config(learner: str, config_name: str, overrides: Sequence[str] = ()):
+    """Compose examples/<learner>/<config_name>.yaml as fairseq-hydra-train does, in-process.
+
+    Returns the resolved DictConfig after fairseq's ``add_defaults`` (the registered dataclass
+    defaults merged in), i.e. what ``fairseq_cli.train.main`` receives.
+    """
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import audio_ssl_ext  # noqa: F401  (registers what the config names)
+
+    GlobalHydra.instance().clear()
+    hydra_init(config_name)
+    config_dir = os.path.join(REPO_ROOT, "examples", learner)
+    with initialize_config_dir(config_dir=config_dir, version_base="1.1"):  # as fairseq's hydra.main
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    add_defaults(cfg)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
