@@ -1,5 +1,6 @@
 """Fixtures shared by the suite: a small demo corpus and its manifests, made once per session."""
 
+import logging
 import os
 
 import pytest
@@ -10,6 +11,9 @@ from audio_ssl_ext.data.make_manifest import ManifestOptions, build_manifests
 
 # Two threads: the size of CI's machine, and tests then do not fight over cores.
 torch.set_num_threads(2)
+# Importing fairseq sets the root logger to DEBUG; numba (under librosa) then logs every bytecode
+# it compiles, which is slow and buries real failures.
+logging.getLogger("numba").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")
