@@ -74,6 +74,7 @@ class ModelAdapter:
     hidden_dim: int
     chunk_hop_samples: int
     chunk_overlap_samples: int = 0
+    first_frame_seconds: float = 0.0  # centre of frame 0; frame j is 1/frame_rate later
 
     def __init__(self, model: nn.Module, cfg):
         self.model = model
@@ -157,6 +158,7 @@ class FairseqWaveformAdapter(ModelAdapter):
         chunk_seconds = self.default_chunk_seconds if chunk_seconds is None else chunk_seconds
         self.chunk_hop_samples = max(1, round(chunk_seconds * self.frame_rate)) * self.stride
         self.chunk_overlap_samples = self.receptive_field - self.stride
+        self.first_frame_seconds = self.receptive_field / 2 / self.sample_rate
 
     def num_frames(self, num_samples: int) -> int:
         return conv_num_frames(num_samples, self.conv_layers)
@@ -252,6 +254,9 @@ class PatchEncoderAdapter(ModelAdapter):
         self.hidden_dim = int(model.cfg.encoder_embed_dim) * (int(model.cfg.n_mels) // int(model.cfg.patch_freq))
         self.chunk_hop_samples = 1 << 62  # never cut by the wrapper
         self.chunk_overlap_samples = 0
+        # An output step groups patch_time centred frames; it is stamped with its first frame's
+        # centre, so the last stamp never lies past the end of the audio.
+        self.first_frame_seconds = 0.0
 
     def num_frames(self, num_samples: int) -> int:
         # Centred spectrogram frames (1 + samples // hop), grouped patch_time to an output step.

@@ -1,0 +1,94 @@
+"""The HEAR module: API contract on our checkpoints, and the real hear-validator."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soxr
+import torch
+
+from audio_ssl_ext import hear
+from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def require_module(name: str, in_ci: bool):
+    """Tests of external kits skip where the kit is missing, but fail in CI (make setup installs it)."""
+    if importlib.util.find_spec(name) is None:
+        message = f"{name} is not installed (make setup-eval installs the evaluation extras)"
+        if in_ci:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hear") / "music2vec_tiny.pt"
+    return write_untrained_checkpoint(os.path.join(REPO, "examples/music2vec/tiny.yaml"), str(out))
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return hear.load_model(checkpoint)
+
+
+def test_attributes_and_shapes(model):
+    assert model.sample_rate == 16000
+    assert isinstance(model.scene_embedding_size, int) and isinstance(model.timestamp_embedding_size, int)
+    audio = torch.rand(3, 25000) * 2 - 1
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    frames = model.model.num_frames(25000)
+    assert embeddings.shape == (3, frames, model.timestamp_embedding_size)
+    assert embeddings.dtype == torch.float32
+    assert timestamps.shape == (3, frames)
+    # Frame centres: the conv stack's receptive field (345 samples) / 2, then every 20 ms.
+    expected = (345 / 2 / 16000 + np.arange(frames) * 0.02) * 1000
+    np.testing.assert_allclose(timestamps[0].numpy(), expected, atol=1e-3)
+    assert timestamps[0, -1] <= 25000 / 16000 * 1000
+    scene = hear.get_scene_embeddings(audio, model)
+    assert scene.shape == (3, model.scene_embedding_size)
+    torch.testing.assert_close(scene, embeddings.mean(dim=1))
+
+
+def test_layer_option(model):
+    audio = torch.rand(1, 16000) * 2 - 1
+    states = model.model.extract_features(audio).hidden_states
+    first = hear.HearModel(model.model, layer=0)
+    torch.testing.assert_close(hear.get_timestamp_embeddings(audio, first)[0], states[0])
+    torch.testing.assert_close(hear.get_timestamp_embeddings(audio, model)[0], states[-1])
+    mean = hear.HearModel(model.model, layer="mean")
+    torch.testing.assert_close(hear.get_timestamp_embeddings(audio, mean)[0], torch.stack(states).mean(0))
+    with pytest.raises(ValueError, match="out of range"):
+        hear.HearModel(model.model, layer=len(states))
+
+
+def test_a_24khz_model_declares_16khz_and_resamples_inside(tmp_path):
+    path = write_untrained_checkpoint(
+        os.path.join(REPO, "examples/wav2vec2/tiny.yaml"), str(tmp_path / "w24.pt"), overrides=["task.sample_rate=24000"]
+    )
+    model = hear.load_model(path)
+    assert model.model.sample_rate == 24000 and model.sample_rate == 16000
+    audio = torch.rand(2, 16000) * 2 - 1
+    embeddings, timestamps = hear.get_timestamp_embeddings(audio, model)
+    at_24k = torch.stack([torch.from_numpy(soxr.resample(a.numpy(), 16000, 24000, quality="HQ")) for a in audio])
+    expected = model.model.extract_features(at_24k).hidden_states[-1]
+    torch.testing.assert_close(embeddings, expected)
+    assert timestamps[0, -1] <= 1000.0
+    assert torch.allclose(timestamps[0, 1:] - timestamps[0, :-1], torch.tensor(1000 * 320 / 24000))
+
+
+@pytest.mark.integration
+def test_hear_validator_passes(checkpoint, in_ci, tmp_path):
+    require_module("hearvalidator", in_ci)
+    require_module("tensorflow", in_ci)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hearvalidator.validate", "audio_ssl_ext.hear", "-m", checkpoint, "-d", "cpu"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2"),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Looks good!" in proc.stdout
