@@ -1,0 +1,209 @@
+"""Frame features of a manifest split, written as fairseq feature shards.
+
+Two kinds of source, one interface (``sample_rate``, ``frame_rate``, ``dim``, ``num_frames(n)``,
+``features(wav) -> (frames, dim)``, ``describe()``):
+
+- ``FrontendFeatures``: a spectral frontend of ``audio_ssl_ext.features`` (mfcc, logmel, chroma,
+  cqt). Long files are computed in chunks that carry enough context on both sides (2 s by
+  default, more than the CQT's longest kernel and the MFCC deltas need), so the frames are exactly
+  those of one pass over the whole file, with memory bounded by the chunk.
+- ``CheckpointFeatures``: one layer of a trained model (ours or fairseq's HuBERT), loaded with
+  ``audio_ssl_ext.downstream.load.load_model``, which also chunks long inputs (conv frames exact,
+  attention context bounded by the chunk).
+
+Next to each shard a ``{split}_{rank}_{nshard}.json`` records the source, the sample and frame
+rates and the manifest lines it covers; ``apply_kmeans`` reads the frame rate from it to check the
+labels against the training config's ``label_rate``.
+"""
+
+import json
+import logging
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from audio_ssl_ext.clustering.shards import ShardError, ShardWriter, shard_paths, shard_range
+from audio_ssl_ext.data.audio import AudioInputError, read_audio
+from audio_ssl_ext.data.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class FrontendFeatures:
+    """A spectral frontend by name, computed in chunks with context (exactly one pass's frames)."""
+
+    def __init__(
+        self,
+        name: str,
+        sample_rate: int = 16000,
+        frame_rate: float = 100.0,
+        chunk_seconds: float = 30.0,
+        context_seconds: float = 2.0,
+        device: str = "cpu",
+    ):
+        from audio_ssl_ext.features import build_frontend
+
+        self.name = name
+        self.frontend = build_frontend(name, sample_rate, frame_rate).to(device).eval()
+        self.sample_rate = int(sample_rate)
+        self.frame_rate = float(self.frontend.frame_rate)
+        self.dim = int(self.frontend.dim)
+        self.hop = int(self.frontend.hop_length)
+        self.chunk_frames = max(1, int(round(chunk_seconds * self.frame_rate)))
+        self.context_frames = int(math.ceil(context_seconds * self.frame_rate))
+        self.device = device
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.frontend.num_frames(num_samples)
+
+    def describe(self) -> dict:
+        return {"kind": "frontend", "name": self.name, "sample_rate": self.sample_rate, "frame_rate": self.frame_rate}
+
+    @torch.no_grad()
+    def _run(self, wav: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))[None].to(self.device)
+        return self.frontend(x)[0].cpu().numpy()
+
+    def features(self, wav: np.ndarray) -> np.ndarray:
+        total = self.num_frames(len(wav))
+        if total <= self.chunk_frames:
+            return self._run(wav)
+        pieces = []
+        for first in range(0, total, self.chunk_frames):
+            last = min(total, first + self.chunk_frames)
+            context_first = max(0, first - self.context_frames)
+            start = context_first * self.hop
+            end = min(len(wav), (last + self.context_frames) * self.hop)
+            chunk = self._run(wav[start:end])
+            piece = chunk[first - context_first : last - context_first]
+            if len(piece) != last - first:  # the context is too short for this frontend's window
+                raise RuntimeError(
+                    f"{self.name}: chunk [{start}, {end}) gave {len(chunk)} frames, cannot cut frames "
+                    f"[{first}, {last}); raise context_seconds"
+                )
+            pieces.append(piece)
+        return np.concatenate(pieces, axis=0)
+
+
+class CheckpointFeatures:
+    """Layer ``layer`` of a trained model: 0 is the transformer's input, L the output of layer L
+    (1-based, as fairseq's ``output_layer`` and HuBERT's "layer 6 of the first iteration")."""
+
+    def __init__(
+        self,
+        checkpoint: str,
+        layer: int,
+        device: str = "cpu",
+        chunk_seconds: Optional[float] = None,
+        task_overrides: Optional[dict] = None,
+    ):
+        from audio_ssl_ext.downstream.load import load_model
+
+        self.checkpoint = checkpoint
+        self.model = load_model(checkpoint, device=device, chunk_seconds=chunk_seconds, task_overrides=task_overrides)
+        if not 0 <= layer < self.model.num_layers:
+            raise ValueError(
+                f"{checkpoint}: --layer {layer} is out of range; the model has layers 1..{self.model.num_layers - 1} "
+                f"(0 = the transformer's input)"
+            )
+        self.layer = layer
+        self.sample_rate = int(self.model.sample_rate)
+        self.frame_rate = float(self.model.frame_rate)
+        self.dim = int(self.model.hidden_dim)
+
+    def num_frames(self, num_samples: int) -> int:
+        return self.model.num_frames(num_samples)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "checkpoint",
+            "checkpoint": os.path.abspath(self.checkpoint),
+            "model": self.model.name,
+            "layer": self.layer,
+            "sample_rate": self.sample_rate,
+            "frame_rate": self.frame_rate,
+        }
+
+    @torch.no_grad()
+    def features(self, wav: np.ndarray) -> np.ndarray:
+        out = self.model.extract_features([torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32))])
+        frames = int(out.lengths[0])
+        return out.hidden_states[self.layer][0, :frames].cpu().numpy()
+
+
+def shard_info_path(feat_dir: str, split: str, rank: int, nshard: int) -> str:
+    return os.path.join(feat_dir, f"{split}_{rank}_{nshard}.json")
+
+
+def read_shard_info(feat_dir: str, split: str, rank: int, nshard: int) -> Optional[dict]:
+    """The JSON written next to a shard by ``dump_features`` (None for shards made elsewhere)."""
+    path = shard_info_path(feat_dir, split, rank, nshard)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_shard_info(path: str, info: dict) -> None:
+    with open(path + ".partial", "w") as f:
+        json.dump(info, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".partial", path)
+
+
+def dump_features(
+    manifest_path: str,
+    split: str,
+    source,
+    feat_dir: str,
+    rank: int = 0,
+    nshard: int = 1,
+    progress: bool = True,
+) -> str:
+    """Write shard ``rank`` of ``nshard`` of the manifest's features; returns the .npy path.
+
+    Every file must be at ``source.sample_rate`` (no resampling here, as in training) and hold the
+    samples the manifest says; features must be finite. Each failure names the manifest line.
+    """
+    manifest = read_manifest(manifest_path)
+    start, end = shard_range(len(manifest), rank, nshard)
+    npy_path, len_path = shard_paths(feat_dir, split, rank, nshard)
+    frames_total = 0
+    with ShardWriter(feat_dir, split, rank, nshard) as writer:
+        lines = range(start, end)
+        for i in tqdm(lines, desc=f"features {split} {rank}/{nshard}", unit="file", disable=not progress):
+            path, line = manifest.audio_path(i), manifest.line_numbers[i]
+            where = f"{manifest.path}, line {line}: {path}"
+            wav = read_audio(path, source.sample_rate, manifest.path, line)
+            if len(wav) != manifest.sizes[i]:
+                raise AudioInputError(
+                    f"{where} has {len(wav)} samples, the manifest says {manifest.sizes[i]} (rebuild the manifest)"
+                )
+            try:
+                expected = source.num_frames(len(wav))
+            except ValueError as err:
+                raise AudioInputError(f"{where}: too short for one feature frame ({err})") from err
+            features = source.features(wav)
+            if features.shape != (expected, source.dim):
+                raise ShardError(f"{where}: features of shape {features.shape}, expected ({expected}, {source.dim})")
+            writer.append(features, where)
+            frames_total += len(features)
+        # Before the shard is published: a shard that exists always has its info next to it.
+        write_shard_info(
+            shard_info_path(feat_dir, split, rank, nshard),
+            {
+                "source": source.describe(),
+                "dim": source.dim,
+                "sample_rate": source.sample_rate,
+                "frame_rate": source.frame_rate,
+                "manifest": os.path.abspath(manifest.path),
+                "manifest_entries": [start, end],
+                "frames": frames_total,
+            },
+        )
+    logger.info(f"wrote {npy_path} ({frames_total} frames x {source.dim} dims, {end - start} files) and {len_path}")
+    return npy_path

@@ -1,0 +1,300 @@
+"""k-means for pseudo-labels: greedy k-means++ seeding (vectorised) then faiss Lloyd iterations.
+
+fairseq's recipe (``simple_kmeans/learn_kmeans.py``) runs sklearn's MiniBatchKMeans with 20
+k-means++ initialisations; most of its time goes into seeding, which sklearn runs in float64 and
+one candidate at a time. Here the seeding is sklearn's *greedy* k-means++ (each step draws
+``2 + ln k`` candidates by D^2 weighting and keeps the one that lowers the potential most), but
+with each step's distances computed for all candidates at once as one matrix product (torch,
+float32, on centred data so the norms stay small) and on a sample of the frames. A few seedings
+(``n_init``) are ranked by their potential, and the best (``nredo``) get full-batch Lloyd
+iterations in faiss over every training frame (faiss would otherwise subsample 256 per
+centroid); the lowest inertia wins. Centroids are saved as a plain ``.npy`` with a JSON
+of how they were made, so they load anywhere numpy does; fairseq's joblib k-means files load too.
+"""
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Tuple
+
+import faiss
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class KMeansError(ValueError):
+    """Data or centroids k-means cannot work with (the message names the file or the input)."""
+
+
+def check_training_data(x: np.ndarray, n_clusters: int, where: str) -> None:
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise KMeansError(f"{where}: expected a non-empty (frames, dim) array, got shape {x.shape}")
+    if n_clusters < 1:
+        raise KMeansError(f"n_clusters must be at least 1, got {n_clusters}")
+    if n_clusters > x.shape[0]:
+        raise KMeansError(
+            f"{where}: n_clusters={n_clusters} is more than the {x.shape[0]} frames to cluster "
+            f"(dump more audio, raise --percent/--max-frames, or lower --n-clusters)"
+        )
+    if not np.isfinite(x).all():
+        row, col = np.argwhere(~np.isfinite(x))[0]
+        raise KMeansError(f"{where}: non-finite value (NaN or inf) at frame {row}, dim {col}")
+
+
+def use_faiss_gpu() -> bool:
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding
+# ---------------------------------------------------------------------------------------------
+
+
+def kmeans_plusplus(
+    x: torch.Tensor,
+    n_clusters: int,
+    generator: torch.Generator,
+    n_local_trials: Optional[int] = None,
+) -> torch.Tensor:
+    """Greedy k-means++ (sklearn's ``_kmeans_plusplus``) with all candidates of a step at once.
+
+    ``x``: (n, d) float32 on any device; returns (n_clusters, d) rows of ``x``. Centre the data
+    before calling (``learn_kmeans`` does): distances are expanded as |x|^2 - 2 x.c + |c|^2 in
+    float32, which is exact enough when the norms are those of centred data.
+    """
+    n = x.shape[0]
+    trials = n_local_trials or 2 + int(math.log(n_clusters))
+    squared_norms = (x * x).sum(1)
+
+    def distances_to(rows: torch.Tensor) -> torch.Tensor:  # (n, len(rows))
+        centres = x[rows]
+        d = squared_norms[:, None] - 2.0 * (x @ centres.T) + squared_norms[rows][None, :]
+        return d.clamp_min_(0.0)
+
+    chosen = torch.empty(n_clusters, dtype=torch.long, device=x.device)
+    chosen[0] = torch.randint(n, (1,), generator=generator).to(x.device)
+    closest = distances_to(chosen[:1])[:, 0]
+    for c in range(1, n_clusters):
+        # D^2 sampling by inverting the cumulative potential (float64: its sum spans n terms).
+        cumulative = torch.cumsum(closest.double(), 0)
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * cumulative[-1]
+        candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)
+        candidate_closest = torch.minimum(closest[:, None], distances_to(candidates))
+        best = int(torch.argmin(candidate_closest.double().sum(0)))
+        chosen[c] = candidates[best]
+        closest = candidate_closest[:, best].contiguous()
+    return x[chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KMeansInfo:
+    """How the centroids were made; saved next to them as JSON."""
+
+    n_clusters: int
+    dim: int
+    niter: int
+    n_init: int
+    nredo: int
+    seed: int
+    training_frames: int
+    seeding_frames: int
+    inertia_per_frame: float  # mean squared distance to the nearest centroid, training frames
+    seconds: float
+    method: str = "greedy k-means++ (vectorised) + faiss Lloyd"
+    source: dict = field(default_factory=dict)  # what the features were (set by the caller)
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, niter: int, seed: int, gpu: bool) -> np.ndarray:
+    """``niter`` full-batch Lloyd iterations from ``init`` with faiss (empty clusters re-split)."""
+    n, d = x.shape
+    km = faiss.Kmeans(
+        d,
+        init.shape[0],
+        niter=niter,
+        seed=seed,
+        gpu=gpu,
+        max_points_per_centroid=n,  # use every frame: faiss subsamples to 256 per centroid by default
+        min_points_per_centroid=1,  # our own check refuses k > n; faiss would only warn
+        verbose=False,
+    )
+    km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+    return km.centroids.copy()
+
+
+def learn_kmeans(
+    x: np.ndarray,
+    n_clusters: int,
+    niter: int = 20,
+    n_init: int = 3,
+    nredo: int = 1,
+    seed: int = 0,
+    seeding_frames: Optional[int] = None,
+    gpu: Optional[bool] = None,
+    where: str = "features",
+) -> "KMeansModel":
+    """Cluster (n, d) float32 frames.
+
+    ``n_init`` greedy k-means++ seedings, each on its own random sample of ``seeding_frames``
+    frames (default max(20000, 50 * n_clusters)), are ranked by their potential on that sample
+    (sklearn's ``n_init``: cheap, and most of the quality); the ``nredo`` best then get ``niter``
+    Lloyd iterations on all frames (faiss's ``nredo``), and the lowest inertia wins.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    check_training_data(x, n_clusters, where)
+    if n_init < 1 or not 1 <= nredo <= n_init or niter < 0:
+        raise KMeansError(f"need n_init >= 1, 1 <= nredo <= n_init, niter >= 0; got {n_init}, {nredo}, {niter}")
+    gpu = use_faiss_gpu() if gpu is None else gpu
+    device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+    seeding_frames = seeding_frames or max(20_000, 50 * n_clusters)
+    started = time.perf_counter()
+    mean = x.mean(0, dtype=np.float64).astype(np.float32)
+    centred = x - mean  # smaller norms for the float32 distance expansion; same clustering
+    generator = torch.Generator().manual_seed(seed)
+    seedings = []
+    for _ in range(n_init):
+        rows = _seeding_rows(len(x), seeding_frames, generator)
+        sample = centred if rows is None else centred[rows]
+        init = kmeans_plusplus(torch.from_numpy(sample).to(device), n_clusters, generator).cpu().numpy()
+        potential = float(assign(sample, init, gpu)[1].sum(dtype=np.float64)) / len(sample)
+        seedings.append((potential, init))
+    seedings.sort(key=lambda pair: pair[0])
+    best, best_inertia = None, math.inf
+    for redo, (potential, init) in enumerate(seedings[:nredo]):
+        centroids = lloyd(centred, init, niter, seed + redo, gpu) if niter > 0 else init
+        inertia = float(assign(centred, centroids, gpu)[1].sum(dtype=np.float64))
+        logger.info(
+            f"k-means run {redo + 1}/{nredo}: seeding potential {potential:.6g} per frame, "
+            f"after {niter} Lloyd iterations {inertia / len(x):.6g}"
+        )
+        if inertia < best_inertia:
+            best, best_inertia = centroids, inertia
+    info = KMeansInfo(
+        n_clusters=n_clusters,
+        dim=x.shape[1],
+        niter=niter,
+        n_init=n_init,
+        nredo=nredo,
+        seed=seed,
+        training_frames=len(x),
+        seeding_frames=min(len(x), seeding_frames),
+        inertia_per_frame=best_inertia / len(x),
+        seconds=time.perf_counter() - started,
+    )
+    return KMeansModel(best + mean, info)
+
+
+def _seeding_rows(n: int, seeding_frames: int, generator: torch.Generator) -> Optional[np.ndarray]:
+    if seeding_frames <= 0 or n <= seeding_frames:
+        return None
+    return torch.randperm(n, generator=generator)[:seeding_frames].sort().values.numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Assignment and the saved model
+# ---------------------------------------------------------------------------------------------
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of each row: (labels int64, squared distances float32)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    distances, labels = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return labels[:, 0].astype(np.int64), np.maximum(distances[:, 0], 0.0)
+
+
+class KMeansModel:
+    """Centroids (K, D) float32 and how they were made; ``predict`` labels frames."""
+
+    def __init__(self, centroids: np.ndarray, info: Optional[KMeansInfo] = None):
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.info = info
+        self._index = None
+
+    @property
+    def n_clusters(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    def predict(self, x: np.ndarray, where: str = "features") -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise KMeansError(f"{where}: features of shape {x.shape}, the centroids are {self.dim}-dim")
+        if self._index is None:
+            self._index = faiss.IndexFlatL2(self.dim)
+            if use_faiss_gpu():
+                self._index = faiss.index_cpu_to_all_gpus(self._index)
+            self._index.add(self.centroids)
+        _, labels = self._index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        return labels[:, 0].astype(np.int64)
+
+    def inertia(self, x: np.ndarray) -> float:
+        """Sum of squared distances to the nearest centroid (sklearn's ``inertia_``)."""
+        return float(assign(x, self.centroids)[1].sum(dtype=np.float64))
+
+    def save(self, path: str) -> str:
+        """Write ``path`` (.npy centroids) and ``path`` with .json (the info); returns the JSON path."""
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        json_path = info_path(path)
+        partial = path + ".partial.npy"
+        np.save(partial, self.centroids)
+        with open(json_path + ".partial", "w") as f:
+            json.dump(asdict(self.info) if self.info else {}, f, indent=2)
+            f.write("\n")
+        os.replace(json_path + ".partial", json_path)
+        os.replace(partial, path)  # the centroids last: their presence means the save finished
+        return json_path
+
+    @classmethod
+    def load(cls, path: str) -> "KMeansModel":
+        """Our ``.npy`` centroids, or a fairseq/sklearn k-means saved with joblib."""
+        if not os.path.isfile(path):
+            raise KMeansError(f"{path}: k-means file not found (scripts/learn_kmeans.py writes it)")
+        with open(path, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+        if is_npy:
+            centroids = np.load(path)
+        else:
+            centroids = _load_joblib_centroids(path)
+        if centroids.ndim != 2 or centroids.shape[0] == 0:
+            raise KMeansError(f"{path}: expected (n_clusters, dim) centroids, got shape {centroids.shape}")
+        if not np.isfinite(centroids).all():
+            raise KMeansError(f"{path}: centroids hold NaN or inf")
+        info = None
+        if os.path.isfile(info_path(path)):
+            with open(info_path(path)) as f:
+                info = KMeansInfo(**json.load(f))
+        return cls(centroids, info)
+
+
+def info_path(centroids_path: str) -> str:
+    stem = centroids_path[:-4] if centroids_path.endswith(".npy") else centroids_path
+    return stem + ".json"
+
+
+def _load_joblib_centroids(path: str) -> np.ndarray:
+    try:
+        import joblib
+
+        model = joblib.load(path)
+    except Exception as err:
+        raise KMeansError(
+            f"{path}: neither a .npy array of centroids nor a joblib k-means model ({err})"
+        ) from err
+    if not hasattr(model, "cluster_centers_"):
+        raise KMeansError(f"{path}: the joblib object {type(model).__name__} has no cluster_centers_")
+    return np.asarray(model.cluster_centers_, dtype=np.float32)
