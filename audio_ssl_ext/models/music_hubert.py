@@ -1,0 +1,186 @@
+"""musicHuBERT: fairseq's HuBERT trained on music, with what music pre-training adds.
+
+HuBERT (Hsu et al., 2021) predicts, at masked frames, the k-means cluster ids of frame features:
+MFCC clusters in the first iteration, clusters of a trained layer in the next. "On the
+Effectiveness of Speech Self-supervised Learning for Music" (Ma et al., 2023, arXiv 2307.05161)
+trains it on music (musicHuBERT) and finds it weak on pitch and harmony; MERT (Li et al., 2023)
+adds musical targets and a CQT reconstruction loss. This model is fairseq's ``HubertModel``
+(``fairseq/models/hubert/hubert.py``: conv extractor, span masking, transformer, cosine-similarity
+logits against label embeddings) with three additions:
+
+- several label sets at once (e.g. MFCC k=100, chroma k=24, log-mel k=500): fairseq's model
+  already predicts one logit list per set; their loss weights live in the ``music_hubert``
+  criterion (fairseq's ``hubert`` criterion sums them with weight 1). All sets share
+  ``task.label_rate``; the task refuses a label file at another rate.
+- ``audio_cqt_loss_m``: MERT's auxiliary loss, a linear regression of the constant-Q magnitude
+  spectrum (336 bins, 48 per octave from 32.7 Hz) from the transformer output at masked frames,
+  mean squared error, off by default. It is an extra loss (``get_extra_losses``: ``features_pen``,
+  then ``cqt``), weighted by ``criterion.loss_weights`` (MERT: [10, 1]).
+- masks drawn from (``common.seed``, update, sample id) with fairseq's own
+  ``compute_mask_indices(seed=, epoch=, indices=)``: fairseq's HuBERT draws them from fresh OS
+  entropy, so no two runs, and no resumed run, see the same masks. The ``music_hubert`` criterion
+  passes the batch's ids.
+
+Front ends: fairseq's conv stack downsamples 320x, i.e. 50 Hz frames at 16 kHz and 75 Hz at
+24 kHz (MERT's setting: ``task.sample_rate=24000 task.label_rate=75``); any
+``conv_feature_layers`` works, the CQT loss follows the resulting frame rate.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fairseq.data.data_utils import compute_mask_indices
+from fairseq.models import register_model
+from fairseq.models.hubert.hubert import HubertConfig, HubertModel
+from omegaconf import II
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CQT_F_MIN = 32.7  # C1, MERT's lowest CQT bin
+
+
+@dataclass
+class MusicHubertConfig(HubertConfig):
+    audio_cqt_loss_m: bool = field(
+        default=False,
+        metadata={"help": "MERT's auxiliary loss: regress the CQT magnitude at masked frames (needs a "
+                  "second criterion.loss_weights entry)"},
+    )
+    audio_cqt_bins: int = field(default=336, metadata={"help": "CQT bins from 32.7 Hz (MERT: 336)"})
+    audio_cqt_bins_per_octave: int = field(default=48, metadata={"help": "CQT bins per octave (MERT: 48)"})
+    seed: int = II("common.seed")  # masks are drawn from (seed, update, sample id)
+
+
+def conv_downsampling(conv_feature_layers: str) -> int:
+    return int(np.prod([stride for _, _, stride in eval(conv_feature_layers)]))  # fairseq's format
+
+
+@register_model("music_hubert", dataclass=MusicHubertConfig)
+class MusicHubertModel(HubertModel):
+    def __init__(self, cfg: MusicHubertConfig, task_cfg, dictionaries) -> None:
+        super().__init__(cfg, task_cfg, dictionaries)
+        self.cfg = cfg
+        self.num_updates = 0
+        self.frame_rate = task_cfg.sample_rate / conv_downsampling(cfg.conv_feature_layers)
+        self._mask_sample_ids: Optional[torch.Tensor] = None
+        self._mask_indices: Optional[torch.Tensor] = None
+        self.cqt, self.cqt_head = None, None
+        if cfg.audio_cqt_loss_m:
+            from audio_ssl_ext.features import CQT
+
+            # Raw magnitude, as MERT regresses it; the kernels are constants outside the checkpoint.
+            self.cqt = CQT(
+                task_cfg.sample_rate,
+                self.frame_rate,
+                f_min=CQT_F_MIN,
+                n_bins=cfg.audio_cqt_bins,
+                bins_per_octave=cfg.audio_cqt_bins_per_octave,
+                log_floor=None,
+            )
+            self.cqt_head = nn.Linear(cfg.encoder_embed_dim, cfg.audio_cqt_bins)
+
+    @classmethod
+    def build_model(cls, cfg: MusicHubertConfig, task):
+        if task.dictionaries and cfg.label_rate <= 0:
+            raise ValueError(f"task.labels={list(task.cfg.labels)} need task.label_rate > 0 (frames/s)")
+        return cls(cfg, task.cfg, task.dictionaries)
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    # --- masking, seeded -------------------------------------------------------------------
+
+    def _span_mask(self, shape, padding_mask, prob, length, selection, other, no_overlap, min_space, min_masks, stream):
+        ids = self._mask_sample_ids
+        seeded = {} if ids is None else {"seed": self.cfg.seed + stream, "epoch": self.num_updates, "indices": ids}
+        return compute_mask_indices(
+            shape, padding_mask, prob, length, selection, other,
+            min_masks=min_masks, no_overlap=no_overlap, min_space=min_space, **seeded,
+        )
+
+    def apply_mask(self, x, padding_mask, target_list):
+        """fairseq's HubertModel.apply_mask with the spans drawn from (seed, update, sample id)."""
+        B, T, C = x.shape
+        mask_indices = None
+        if self.mask_prob > 0:
+            mask = self._span_mask(
+                (B, T), padding_mask, self.mask_prob, self.mask_length, self.mask_selection,
+                self.mask_other, self.no_mask_overlap, self.mask_min_space, min_masks=2, stream=0,
+            )
+            mask_indices = torch.from_numpy(mask).to(x.device)
+            x[mask_indices] = self.mask_emb
+        if self.mask_channel_prob > 0:
+            channels = self._span_mask(
+                (B, C), None, self.mask_channel_prob, self.mask_channel_length, self.mask_channel_selection,
+                self.mask_channel_other, self.no_mask_channel_overlap, self.mask_channel_min_space,
+                min_masks=0, stream=1,
+            )
+            x[torch.from_numpy(channels).to(x.device).unsqueeze(1).expand(-1, T, -1)] = 0
+        self._mask_indices = mask_indices
+        return x, mask_indices
+
+    # --- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        target_list: Optional[List[torch.Tensor]] = None,
+        padding_mask: Optional[torch.Tensor] = None,
+        mask: bool = True,
+        features_only: bool = False,
+        output_layer: Optional[int] = None,
+        sample_ids: Optional[torch.Tensor] = None,
+    ):
+        """fairseq's HuBERT forward; ``sample_ids`` (the batch's ``id``) seed the masks and are
+        required in training (criterion ``music_hubert`` passes them)."""
+        if self.training and mask and sample_ids is None:
+            raise ValueError(
+                "music_hubert draws its masks from (seed, update, sample id) and needs the batch's ids in "
+                "training: use criterion._name=music_hubert (fairseq's `hubert` criterion does not pass them)"
+            )
+        with_cqt = self.cqt is not None and not features_only and target_list is not None and mask
+        encoder_out = {}
+        hook = None
+        if with_cqt:
+            # The CQT head reads the encoder's output at the masked frames; fairseq's forward does
+            # not return it, so it is kept on its way out rather than re-implementing the forward.
+            hook = self.encoder.register_forward_hook(lambda module, args, out: encoder_out.update(x=out[0]))
+        self._mask_sample_ids = None if sample_ids is None else sample_ids.detach().cpu()
+        try:
+            result = super().forward(source, target_list, padding_mask, mask, features_only, output_layer)
+            if with_cqt:
+                result["cqt"] = self.cqt_loss(source, encoder_out["x"], self._mask_indices, result["padding_mask"])
+        finally:
+            if hook is not None:
+                hook.remove()
+            self._mask_sample_ids, self._mask_indices = None, None
+        return result
+
+    def cqt_loss(self, source, x, mask_indices, padding_mask) -> torch.Tensor:
+        """Mean squared error of the CQT magnitude predicted at masked, unpadded frames.
+
+        CQT frame i is centred on sample i * hop; conv frame i starts there (MERT pairs them the
+        same way). The CQT has 1 + samples // hop frames, at least the conv frames.
+        """
+        with torch.no_grad():
+            target = self.cqt(source.float())[:, : x.size(1)]
+        selected = mask_indices & ~padding_mask
+        prediction = self.cqt_head(x[selected])
+        return F.mse_loss(prediction.float(), target[selected])
+
+    def get_extra_losses(self, net_output):
+        losses, names = super().get_extra_losses(net_output)
+        if "cqt" in net_output:
+            losses.append(net_output["cqt"])
+            names.append("cqt")
+        return losses, names
+
+    def remove_pretraining_modules(self):
+        super().remove_pretraining_modules()
+        self.cqt, self.cqt_head = None, None
