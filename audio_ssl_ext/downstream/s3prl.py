@@ -1,0 +1,54 @@
+"""s3prl upstream over any checkpoint this package trains (SUPERB through s3prl's own runner).
+
+    from audio_ssl_ext.downstream.s3prl import UpstreamExpert
+    upstream = UpstreamExpert("checkpoint_best.pt")
+    out = upstream([wav1, wav2])          # 1-D float tensors at 16 kHz, any lengths
+    out["hidden_states"]                  # list of (B, T, D), one per layer, all the same shape
+    upstream.get_downsample_rates("hidden_states")   # 16 kHz samples per frame (an int)
+
+s3prl's contract: the input is 16 kHz; T is within 5 frames of round(max_len / rate). A model at
+another rate (24 kHz) resamples inside; where its frame rate does not divide 16000 (75 Hz gives
+213.3 samples) the hidden states are linearly interpolated in time onto the grid of the nearest
+integer rate, so s3prl's bookkeeping of frames stays exact. To run s3prl's downstream tasks:
+``python -m audio_ssl_ext.downstream.s3prl_run -u audio_ssl -k CKPT -d voxceleb1 ...``.
+
+This module does not import s3prl: s3prl's own import pulls torchaudio, which the package never
+needs at run time.
+"""
+
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from audio_ssl_ext.downstream.load import load_model
+
+S3PRL_SAMPLE_RATE = 16000
+
+
+class UpstreamExpert(nn.Module):
+    def __init__(self, ckpt: str, model_config=None, **kwargs):
+        super().__init__()
+        if not ckpt:
+            raise ValueError("the audio_ssl upstream needs a checkpoint: -k CKPT")
+        self.model = load_model(ckpt)
+        samples_per_frame = S3PRL_SAMPLE_RATE / self.model.frame_rate
+        self.downsample_rate = max(1, int(round(samples_per_frame)))
+        self.regrid = abs(samples_per_frame - self.downsample_rate) > 1e-6
+
+    def get_downsample_rates(self, key: str) -> int:
+        return self.downsample_rate
+
+    def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+        out = self.model.extract_features([w.view(-1) for w in wavs], sample_rate=S3PRL_SAMPLE_RATE)
+        states = out.hidden_states
+        if self.regrid:
+            frames = max(1, int(round(max(w.numel() for w in wavs) / self.downsample_rate)))
+            states = [
+                F.interpolate(h.transpose(1, 2), size=frames, mode="linear", align_corners=False).transpose(1, 2)
+                for h in states
+            ]
+        device = wavs[0].device
+        states = [h.to(device) for h in states]
+        return {"hidden_states": states, "last_hidden_state": states[-1]}
