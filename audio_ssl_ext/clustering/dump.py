@@ -33,6 +33,14 @@ from audio_ssl_ext.data.manifest import read_manifest
 logger = logging.getLogger(__name__)
 
 
+# Label frame j should describe the audio around the model's frame j. MFCC and log-mel keep
+# Kaldi's "snip edges" framing (HuBERT's recipe: a 25 ms frame at 100 Hz is centred where the
+# conv frames are); chroma's 128 ms window with snip edges would sit 64 ms late and leave out
+# 0.12 s at the end, more than the 0.1 s label-length tolerance of the task, so it is centred
+# (as the CQT always is).
+FRAMING = {"chroma": {"center": True}}
+
+
 class FrontendFeatures:
     """A spectral frontend by name, computed in chunks with context (exactly one pass's frames)."""
 
@@ -48,7 +56,7 @@ class FrontendFeatures:
         from audio_ssl_ext.features import build_frontend
 
         self.name = name
-        self.frontend = build_frontend(name, sample_rate, frame_rate).to(device).eval()
+        self.frontend = build_frontend(name, sample_rate, frame_rate, **FRAMING.get(name, {})).to(device).eval()
         self.sample_rate = int(sample_rate)
         self.frame_rate = float(self.frontend.frame_rate)
         self.dim = int(self.frontend.dim)

@@ -277,7 +277,8 @@ class KMeansModel:
         info = None
         if os.path.isfile(info_path(path)):
             with open(info_path(path)) as f:
-                info = KMeansInfo(**json.load(f))
+                saved = json.load(f)
+            info = KMeansInfo(**saved) if saved else None  # {}: centroids saved without info
         return cls(centroids, info)
 
 
