@@ -1,0 +1,445 @@
+"""music2vec: data2vec 1.0 trained on music (Li et al. 2022, arXiv 2212.02508; arXiv 2307.05161).
+
+A student sees the waveform with time spans of its conv features replaced by a learned mask
+embedding and regresses, at the masked frames, the average of the top K layers of an
+exponential-moving-average teacher that sees the same features unmasked. The teacher's targets
+are the feed-forward outputs of its layers before the last residual and layer norm (fairseq's
+``layer_results[i][2]``), each instance-normalised over time.
+
+Built from fairseq's pieces: ``ConvFeatureExtractionModel`` and ``TransformerEncoder`` (wav2vec
+2.0), ``compute_mask_indices`` (seeded per sample), ``EMAModule`` (through
+``audio_ssl_ext.modules.ema.EMATeacher``), and the ``model`` criterion (through
+``model_with_sample_ids``, which also passes the batch's sample ids). The maths is fairseq's
+``data2vec_audio``; what differs is what a long run on a cluster needs:
+
+- masks and layer drop are drawn from (seed, update, sample ids), not from unseeded or
+  process-global generators, so a resumed run sees the masks an uninterrupted one would;
+- the teacher moves once per optimizer update, also with ``update_freq > 1``;
+- the teacher's fp32 weights and its step count are part of the checkpoint;
+- the collapse guards start after ``min_var_after_updates`` (fixed to 5000 in data2vec) and stop
+  the run with a message that says what collapsed.
+"""
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.data.data_utils import compute_mask_indices, numpy_seed
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from fairseq.models.wav2vec.wav2vec2 import (
+    EXTRACTOR_MODE_CHOICES,
+    ConvFeatureExtractionModel,
+    TransformerEncoder,
+    Wav2Vec2Config,
+)
+from fairseq.modules import GradMultiply, LayerNorm
+from fairseq.utils import get_available_activation_fns, index_put
+from omegaconf import II
+
+from audio_ssl_ext.modules.ema import EMATeacher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Music2VecConfig(FairseqDataclass):
+    """Defaults are the music2vec base recipe (data2vec base audio, 95M parameters)."""
+
+    # feature extractor (wav2vec 2.0's conv stack: 320x downsampling, 50 frames/s at 16 kHz)
+    conv_feature_layers: str = field(
+        default="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2",
+        metadata={"help": "conv layers as a python list of (dim, kernel, stride)"},
+    )
+    extractor_mode: EXTRACTOR_MODE_CHOICES = field(
+        default="layer_norm",
+        metadata={"help": "layer_norm: a layer norm after every conv (data2vec); default: one group norm"},
+    )
+    conv_bias: bool = field(default=False, metadata={"help": "conv layers have a bias"})
+    feature_grad_mult: float = field(
+        default=1.0, metadata={"help": "scale of the gradient reaching the feature extractor"}
+    )
+
+    # transformer
+    encoder_layers: int = 12
+    encoder_embed_dim: int = 768
+    encoder_ffn_embed_dim: int = 3072
+    encoder_attention_heads: int = 12
+    activation_fn: ChoiceEnum(get_available_activation_fns()) = "gelu"
+    layer_norm_first: bool = field(
+        default=False, metadata={"help": "pre-LN layers (post-LN, as wav2vec 2.0 base, otherwise)"}
+    )
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    dropout_input: float = field(default=0.0, metadata={"help": "dropout on the projected features"})
+    encoder_layerdrop: float = field(default=0.05, metadata={"help": "drop whole student layers"})
+    conv_pos: int = field(default=95, metadata={"help": "total kernel size of the positional convs"})
+    conv_pos_groups: int = 16
+    pos_conv_depth: int = field(
+        default=5, metadata={"help": "positional conv layers (kernel conv_pos // depth each)"}
+    )
+
+    # masking of the student's input (fairseq compute_mask_indices, static spans)
+    mask_prob: float = field(
+        default=0.65, metadata={"help": "fraction of frames that start a masked span (before overlaps)"}
+    )
+    mask_length: int = field(default=10, metadata={"help": "frames per masked span"})
+    require_same_masks: bool = field(
+        default=True, metadata={"help": "as many masked frames in every item of a batch"}
+    )
+
+    # targets: the teacher's top layers
+    average_top_k_layers: int = field(default=8, metadata={"help": "teacher layers averaged"})
+    instance_norm_target_layer: bool = field(
+        default=True, metadata={"help": "instance-normalise each layer over time before averaging"}
+    )
+    layer_norm_target_layer: bool = field(
+        default=False, metadata={"help": "layer-normalise each layer over channels before averaging"}
+    )
+    instance_norm_targets: bool = field(
+        default=False, metadata={"help": "instance-normalise the averaged target over time"}
+    )
+    layer_norm_targets: bool = field(
+        default=False, metadata={"help": "layer-normalise the averaged target over channels"}
+    )
+
+    # loss
+    loss_beta: float = field(default=0.0, metadata={"help": "smooth L1 beta; 0 means L2"})
+    loss_scale: Optional[float] = field(
+        default=None, metadata={"help": "loss scale; None means 1/sqrt(encoder_embed_dim)"}
+    )
+
+    # EMA teacher
+    ema_decay: float = field(default=0.999, metadata={"help": "teacher decay at update 0"})
+    ema_end_decay: float = field(default=0.9999, metadata={"help": "decay after the anneal"})
+    ema_anneal_end_step: int = field(
+        default=30_000, metadata={"help": "updates over which the decay rises linearly"}
+    )
+    ema_transformer_only: bool = field(
+        default=True,
+        metadata={"help": "teacher = EMA of the transformer, fed the student's features; "
+                  "false: EMA of the whole model, fed the waveform"},
+    )
+    ema_layers_only: bool = field(
+        default=True,
+        metadata={"help": "copy the positional convs from the student instead of averaging them "
+                  "(needs ema_transformer_only)"},
+    )
+
+    # collapse guards (fairseq data2vec's, with a configurable start)
+    min_target_var: float = field(
+        default=0.1, metadata={"help": "stop when the target std (mean over channels) falls below"}
+    )
+    min_pred_var: float = field(
+        default=0.01, metadata={"help": "stop when the prediction std (mean over channels) falls below"}
+    )
+    min_var_after_updates: int = field(
+        default=5000, metadata={"help": "the two guards apply from this update on"}
+    )
+
+    seed: int = II("common.seed")  # masks and layer drop are drawn from (seed, update, sample ids)
+
+
+class CollapseError(RuntimeError):
+    """The targets or predictions lost their variance: the run learns nothing any more."""
+
+
+def encoder_config(cfg: Music2VecConfig) -> Wav2Vec2Config:
+    """The Wav2Vec2Config that fairseq's TransformerEncoder reads, from music2vec's fields."""
+    return Wav2Vec2Config(
+        encoder_layers=cfg.encoder_layers,
+        encoder_embed_dim=cfg.encoder_embed_dim,
+        encoder_ffn_embed_dim=cfg.encoder_ffn_embed_dim,
+        encoder_attention_heads=cfg.encoder_attention_heads,
+        activation_fn=cfg.activation_fn,
+        layer_norm_first=cfg.layer_norm_first,
+        dropout=cfg.dropout,
+        attention_dropout=cfg.attention_dropout,
+        activation_dropout=cfg.activation_dropout,
+        encoder_layerdrop=cfg.encoder_layerdrop,
+        conv_pos=cfg.conv_pos,
+        conv_pos_groups=cfg.conv_pos_groups,
+        pos_conv_depth=cfg.pos_conv_depth,
+    )
+
+
+def regression_targets(
+    layer_outputs: List[torch.Tensor],
+    instance_norm_target_layer: bool,
+    layer_norm_target_layer: bool,
+    instance_norm_targets: bool,
+    layer_norm_targets: bool,
+) -> torch.Tensor:
+    """Average (B, T, C) teacher layer outputs into fp32 (B, T, C) targets, as data2vec 1.0.
+
+    Per layer: instance norm (each channel over time, per item), then layer norm (over channels);
+    then the mean over layers, then layer norm and instance norm of the mean. As in data2vec,
+    the time statistics include padded frames.
+    """
+    layers = [y.float() for y in layer_outputs]
+    if instance_norm_target_layer:
+        layers = [F.instance_norm(y.transpose(1, 2)).transpose(1, 2) for y in layers]
+    if layer_norm_target_layer:
+        layers = [F.layer_norm(y, y.shape[-1:]) for y in layers]
+    target = sum(layers) / len(layers)
+    if layer_norm_targets:
+        target = F.layer_norm(target, target.shape[-1:])
+    if instance_norm_targets:
+        target = F.instance_norm(target.transpose(1, 2)).transpose(1, 2)
+    return target
+
+
+def regression_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-frame loss summed over channels: squared error (beta=0) or smooth L1 with ``beta``."""
+    if beta == 0:
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").sum(dim=-1)
+    return F.smooth_l1_loss(prediction.float(), target.float(), reduction="none", beta=beta).sum(dim=-1)
+
+
+def mean_channel_std(y: torch.Tensor) -> torch.Tensor:
+    """Std of each channel over all frames (and all data-parallel workers), averaged: data2vec's
+    ``target_var`` / ``pred_var``."""
+    y = y.reshape(-1, y.size(-1)).float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        count = torch.tensor(float(y.size(0)), device=y.device)
+        total, total_sq = y.sum(dim=0), (y**2).sum(dim=0)
+        for t in (count, total, total_sq):
+            dist.all_reduce(t)
+        var = total_sq / (count - 1) - total**2 / (count * (count - 1))
+    else:
+        var = y.var(dim=0)
+    return torch.sqrt(var + 1e-6).mean()
+
+
+def conv_output_lengths(input_lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
+    for _, kernel, stride in conv_layers:
+        input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
+    return input_lengths
+
+
+@register_model("music2vec", dataclass=Music2VecConfig)
+class Music2VecModel(BaseFairseqModel):
+    def __init__(self, cfg: Music2VecConfig):
+        super().__init__()
+        if cfg.average_top_k_layers < 1 or cfg.average_top_k_layers > cfg.encoder_layers:
+            raise ValueError(
+                f"model.average_top_k_layers={cfg.average_top_k_layers} must lie in "
+                f"[1, encoder_layers={cfg.encoder_layers}]"
+            )
+        if cfg.ema_layers_only and not cfg.ema_transformer_only:
+            raise ValueError("model.ema_layers_only=true needs model.ema_transformer_only=true")
+        self.cfg = cfg
+        self.conv_layers = eval(cfg.conv_feature_layers)
+        extractor_dim = self.conv_layers[-1][0]
+
+        self.feature_extractor = ConvFeatureExtractionModel(
+            conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
+        )
+        self.layer_norm = LayerNorm(extractor_dim)
+        self.post_extract_proj = nn.Linear(extractor_dim, cfg.encoder_embed_dim)
+        self.dropout_input = nn.Dropout(cfg.dropout_input)
+        self.mask_emb = nn.Parameter(torch.FloatTensor(cfg.encoder_embed_dim).uniform_())
+        self.encoder = TransformerEncoder(encoder_config(cfg))
+        self.final_proj = nn.Linear(cfg.encoder_embed_dim, cfg.encoder_embed_dim)  # regression head
+        self.num_updates = 0
+
+        self.teacher: Optional[EMATeacher] = None  # not in the copy the teacher is made from
+        self.teacher = EMATeacher(
+            self._teacher_source(),
+            cfg.ema_decay,
+            cfg.ema_end_decay,
+            cfg.ema_anneal_end_step,
+            skip_keys=self._teacher_skip_keys(),
+        )
+
+    @classmethod
+    def build_model(cls, cfg: Music2VecConfig, task=None):
+        return cls(cfg)
+
+    def _teacher_source(self) -> nn.Module:
+        return self.encoder if self.cfg.ema_transformer_only else self
+
+    def _teacher_skip_keys(self) -> List[str]:
+        if not self.cfg.ema_layers_only:
+            return []
+        return [f"pos_conv.{name}" for name, _ in self.encoder.pos_conv.named_parameters()]
+
+    def set_num_updates(self, num_updates):
+        # Called once per micro-batch; the teacher catches up in forward, once per update.
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    # --- checkpoint: the teacher's fp32 weights and step count live under "_teacher." ---
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.teacher is not None:
+            for key, value in self.teacher.state_dict().items():
+                destination[f"{prefix}_teacher.{key}"] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        head = f"{prefix}_teacher."
+        teacher_state = {k[len(head) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(head)}
+        if self.teacher is not None:
+            if teacher_state:
+                self.teacher.load_state_dict(teacher_state)
+            else:
+                missing_keys.append(f"{head}* (the EMA teacher)")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def remove_pretraining_modules(self, last_layer=None):
+        """Drop what only pre-training needs (teacher, regression head), as data2vec_audio."""
+        self.teacher = None
+        self.final_proj = None
+        if last_layer is not None:
+            self.encoder.layers = nn.ModuleList(self.encoder.layers[: last_layer + 1])
+
+    # --- forward ---
+
+    def local_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor]):
+        """Waveform (B, S) -> projected conv features (B, T, D) and their padding mask (B, T)."""
+        features = self.feature_extractor(source)
+        if self.cfg.feature_grad_mult != 1.0:
+            features = GradMultiply.apply(features, self.cfg.feature_grad_mult)
+        features = self.layer_norm(features.transpose(1, 2))
+        features = self.post_extract_proj(features)
+        return features, self.frame_padding_mask(padding_mask, features.size(1))
+
+    def frame_padding_mask(self, padding_mask: Optional[torch.Tensor], num_frames: int):
+        """Sample-level padding (B, S) -> frame-level (B, T): frames past each item's conv output."""
+        if padding_mask is None or not padding_mask.any():
+            return None
+        lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
+        frames = torch.arange(num_frames, device=padding_mask.device)
+        return frames[None, :] >= lengths[:, None]
+
+    def time_masks(self, padding_mask, shape, sample_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool spans to mask, drawn from (seed, update, sample id) by fairseq's function."""
+        masks = compute_mask_indices(
+            shape,
+            padding_mask,
+            self.cfg.mask_prob,
+            self.cfg.mask_length,
+            min_masks=1,
+            require_same_masks=self.cfg.require_same_masks,
+            seed=self.cfg.seed,
+            epoch=self.num_updates,
+            indices=sample_ids.cpu(),
+        )
+        return torch.from_numpy(masks)
+
+    def _seeded_numpy(self, sample_ids: Optional[torch.Tensor]):
+        # TransformerEncoder draws layer drop from numpy's global generator (the teacher's too,
+        # though it ignores the draw in eval mode), which fairseq seeds only at start-up: a state
+        # seeded from (seed, update, sample ids), and restored afterwards, makes it resumable.
+        ids = sample_ids.tolist() if sample_ids is not None else []
+        return numpy_seed(self.cfg.seed, self.num_updates, *ids)
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        sample_ids: Optional[torch.Tensor] = None,
+        mask: bool = True,
+        features_only: bool = False,
+        layer: Optional[int] = None,
+        mask_indices: Optional[torch.Tensor] = None,
+    ):
+        """Losses for fairseq's criterion, or (features_only) the encoder's outputs.
+
+        ``sample_ids`` (the batch's ``id``) seed the masks and layer drop; training needs them
+        (criterion ``model_with_sample_ids``). ``mask_indices`` (B, T) bool replaces the drawn
+        masks.
+        """
+        if self.training and sample_ids is None:
+            raise ValueError(
+                "music2vec draws its masks from the batch's sample ids: train it with "
+                "criterion._name=model_with_sample_ids (fairseq's `model` criterion does not pass them)"
+            )
+        features, frame_padding = self.local_features(source, padding_mask)
+        # fairseq's index_put masks in place, and dropout(p=0) returns its input: the teacher's
+        # copy must be taken before either
+        teacher_input = features.detach().clone() if mask and not features_only else None
+        x = self.dropout_input(features)
+        if mask:
+            if mask_indices is None:
+                if sample_ids is None:
+                    raise ValueError("masking needs sample_ids (to seed the masks) or mask_indices")
+                mask_indices = self.time_masks(frame_padding, x.shape[:2], sample_ids)
+            mask_indices = mask_indices.to(x.device)
+            x = index_put(x, mask_indices, self.mask_emb)
+
+        with self._seeded_numpy(sample_ids):
+            x, layer_results = self.encoder(x, padding_mask=frame_padding, layer=layer)
+        if features_only:
+            return {"x": x, "padding_mask": frame_padding, "layer_results": layer_results}
+        if not mask:
+            raise ValueError("the regression loss needs mask=True (or features_only=True)")
+
+        with self._seeded_numpy(sample_ids):
+            target = self.teacher_targets(source, padding_mask, teacher_input, frame_padding)
+        prediction = self.final_proj(x[mask_indices])
+        target = target[mask_indices]
+        loss = regression_loss(prediction, target, self.cfg.loss_beta)
+        scale = self.cfg.loss_scale if self.cfg.loss_scale is not None else 1 / math.sqrt(prediction.size(-1))
+
+        result = {"losses": {"regression": loss.sum() * scale}, "sample_size": loss.numel()}
+        with torch.no_grad():
+            result["target_var"] = mean_channel_std(target)
+            result["pred_var"] = mean_channel_std(prediction)
+        result["ema_decay"] = self.teacher.decay * 1000  # x1000: fairseq logs 3 decimals
+        if self.training:
+            self.check_collapse(result["target_var"], result["pred_var"])
+        return result
+
+    @torch.no_grad()
+    def teacher_targets(self, source, padding_mask, teacher_input, frame_padding) -> torch.Tensor:
+        """(B, T, D) fp32 targets from the teacher, after it has caught up with this update."""
+        student = self._teacher_source()
+        self.teacher.update(student, self.num_updates)
+        teacher = self.teacher.model
+        top_k = self.cfg.average_top_k_layers
+        if self.cfg.ema_transformer_only:
+            _, layer_results = teacher.extract_features(
+                teacher_input,
+                padding_mask=frame_padding,
+                min_layer=self.cfg.encoder_layers - top_k,
+            )
+        else:
+            layer_results = teacher.extract_features(source, padding_mask, mask=False)["layer_results"]
+            layer_results = layer_results[-top_k:]
+        return regression_targets(
+            [ffn_out.transpose(0, 1) for _, _, ffn_out in layer_results],  # (T, B, C) -> (B, T, C)
+            self.cfg.instance_norm_target_layer,
+            self.cfg.layer_norm_target_layer,
+            self.cfg.instance_norm_targets,
+            self.cfg.layer_norm_targets,
+        )
+
+    def check_collapse(self, target_var: torch.Tensor, pred_var: torch.Tensor) -> None:
+        if self.num_updates < self.cfg.min_var_after_updates:
+            return
+        for name, value, floor in (
+            ("target", target_var, self.cfg.min_target_var),
+            ("prediction", pred_var, self.cfg.min_pred_var),
+        ):
+            if value < floor:
+                message = (
+                    f"music2vec collapsed at update {self.num_updates}: {name} std {value.item():.4g} "
+                    f"< model.min_{'target' if name == 'target' else 'pred'}_var={floor} "
+                    f"(the teacher's targets no longer vary; lower the lr, or check the EMA decay)"
+                )
+                logger.error(message)
+                raise CollapseError(message)
+
+    def extract_features(self, source, padding_mask=None, mask=False, layer=None):
+        """Encoder outputs without loss: {"x", "padding_mask", "layer_results"} (data2vec's keys)."""
+        return self.forward(source, padding_mask, mask=mask, features_only=True, layer=layer)
