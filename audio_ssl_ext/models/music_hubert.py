@@ -96,12 +96,22 @@ class MusicHubertModel(HubertModel):
 
     # --- masking, seeded -------------------------------------------------------------------
 
-    def _span_mask(self, shape, padding_mask, prob, length, selection, other, no_overlap, min_space, min_masks, stream):
-        ids = self._mask_sample_ids
-        seeded = {} if ids is None else {"seed": self.cfg.seed + stream, "epoch": self.num_updates, "indices": ids}
+    def _span_mask(self, shape, padding_mask, sample_ids, prob, length, selection, other, no_overlap, min_space,
+                   min_masks, stream):
+        seeded = {}
+        if sample_ids is not None:
+            seeded = {"seed": self.cfg.seed + stream, "epoch": self.num_updates, "indices": sample_ids}
         return compute_mask_indices(
             shape, padding_mask, prob, length, selection, other,
             min_masks=min_masks, no_overlap=no_overlap, min_space=min_space, **seeded,
+        )
+
+    def time_mask(self, shape, padding_mask, sample_ids: Optional[torch.Tensor]) -> np.ndarray:
+        """(B, T) bool spans, as fairseq's HuBERT draws them, from (seed, update, sample id);
+        unseeded (fairseq's behaviour) only without ids, which training refuses."""
+        return self._span_mask(
+            shape, padding_mask, sample_ids, self.mask_prob, self.mask_length, self.mask_selection,
+            self.mask_other, self.no_mask_overlap, self.mask_min_space, min_masks=2, stream=0,
         )
 
     def apply_mask(self, x, padding_mask, target_list):
@@ -109,17 +119,13 @@ class MusicHubertModel(HubertModel):
         B, T, C = x.shape
         mask_indices = None
         if self.mask_prob > 0:
-            mask = self._span_mask(
-                (B, T), padding_mask, self.mask_prob, self.mask_length, self.mask_selection,
-                self.mask_other, self.no_mask_overlap, self.mask_min_space, min_masks=2, stream=0,
-            )
-            mask_indices = torch.from_numpy(mask).to(x.device)
+            mask_indices = torch.from_numpy(self.time_mask((B, T), padding_mask, self._mask_sample_ids)).to(x.device)
             x[mask_indices] = self.mask_emb
         if self.mask_channel_prob > 0:
             channels = self._span_mask(
-                (B, C), None, self.mask_channel_prob, self.mask_channel_length, self.mask_channel_selection,
-                self.mask_channel_other, self.no_mask_channel_overlap, self.mask_channel_min_space,
-                min_masks=0, stream=1,
+                (B, C), None, self._mask_sample_ids, self.mask_channel_prob, self.mask_channel_length,
+                self.mask_channel_selection, self.mask_channel_other, self.no_mask_channel_overlap,
+                self.mask_channel_min_space, min_masks=0, stream=1,
             )
             x[torch.from_numpy(channels).to(x.device).unsqueeze(1).expand(-1, T, -1)] = 0
         self._mask_indices = mask_indices
