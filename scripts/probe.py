@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Probe benchmark over HEAR-format tasks: checkpoints vs. random-init and log-mel baselines.
+
+    python scripts/probe.py --tasks-dir eval_tasks --checkpoint musichubert=ckpt.pt \\
+        [--checkpoint music2vec=other.pt ...] [--layer weighted|last|mean|N] [--seeds 5] \\
+        [--out results/probe]
+
+Every sub-folder of --tasks-dir holding a task_metadata.json is a task (scripts/build_eval_tasks.py
+writes them). Each checkpoint also brings its random-init twin ("NAME (random init)": the same
+config with fresh weights); "log-mel stats" is always included. Writes probe.json, probe.md and
+probe.png to --out and prints the table. See audio_ssl_ext/downstream/probe.py for the protocol.
+"""
+
+import argparse
+import logging
+import os
+
+from audio_ssl_ext.downstream.load import load_model
+from audio_ssl_ext.downstream.probe import (
+    ProbeConfig,
+    checkpoint_embedder,
+    logmel_statistics_embedder,
+    markdown_table,
+    run_probe,
+    write_results,
+)
+
+
+def named_checkpoint(text: str):
+    name, sep, path = text.partition("=")
+    if not sep:
+        name, path = os.path.splitext(os.path.basename(text))[0], text
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path}: checkpoint not found")
+    return name, path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks-dir", required=True)
+    parser.add_argument("--checkpoint", action="append", type=named_checkpoint, default=[], metavar="[NAME=]PATH")
+    parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init baselines")
+    parser.add_argument("--layer", default="weighted", help="weighted (learned), last, mean, or a hidden-state index")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--max-epochs", type=int, default=500)
+    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="results/probe")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    tasks = sorted(os.path.join(args.tasks_dir, d) for d in os.listdir(args.tasks_dir)
+                   if os.path.isfile(os.path.join(args.tasks_dir, d, "task_metadata.json")))
+    if not tasks:
+        parser.error(f"{args.tasks_dir}: no task folders (run scripts/build_eval_tasks.py first)")
+    embedders = {}
+    for name, path in args.checkpoint:
+        embedders[name] = checkpoint_embedder(load_model(path, device=args.device))
+        if not args.no_random_init:
+            embedders[f"{name} (random init)"] = checkpoint_embedder(load_model(path, device=args.device, random_init=True))
+    embedders["log-mel stats"] = logmel_statistics_embedder()
+    cfg = ProbeConfig(seeds=args.seeds, layer=args.layer, max_epochs=args.max_epochs, patience=args.patience)
+    results = run_probe(tasks, embedders, cfg)
+    paths = write_results(results, args.out)
+    print(markdown_table(results))
+    logging.info("wrote %s", ", ".join(paths.values()))
+
+
+if __name__ == "__main__":
+    main()
