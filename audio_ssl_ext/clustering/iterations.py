@@ -159,7 +159,7 @@ def run_iteration(cfg: IterationsConfig, iteration: int) -> str:
             os.path.join(cfg.manifest_dir, f"{split}.tsv"), progress=cfg.progress,
         )
 
-    if cfg.demo_corpus:
+    if cfg.demo_corpus and not os.path.isfile(os.path.join(directory, "quality.json")):
         write_quality(cfg, directory, label_dir, label_rate, n_clusters)
 
     done = os.path.join(directory, "train.done")
@@ -193,6 +193,8 @@ def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: flo
     log_path = os.path.join(directory, "train.log")
     logger.info(f"training: {' '.join(command)} (log: {log_path})")
     with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
             log.write(line)
@@ -225,9 +227,11 @@ def write_quality(cfg: IterationsConfig, directory: str, label_dir: str, label_r
     names = [f"{manifest.path}, line {n}" for n in manifest.line_numbers]
     aligned = align_references(labels, label_rate, references, reference_rate, names)
     report = cluster_quality(labels, n_clusters, aligned)
-    with open(os.path.join(directory, "quality.json"), "w") as f:
+    path = os.path.join(directory, "quality.json")
+    with open(path + ".partial", "w") as f:
         json.dump({"reference": cfg.reference_name, **report.as_dict()}, f, indent=2)
         f.write("\n")
+    os.replace(path + ".partial", path)
     logger.info(f"{directory}: train labels vs {cfg.reference_name}: {report.format()}")
 
 

@@ -1,0 +1,78 @@
+"""HuBERT iterations end to end on the demo corpus: MFCC labels -> train -> layer labels -> train,
+then a rerun that skips every finished stage and redoes only what was removed."""
+
+import json
+import os
+
+import pytest
+
+from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations
+from audio_ssl_ext.clustering.shards import read_shard
+
+
+def outputs(work_dir):
+    """mtime of every file under work_dir, to tell what a rerun wrote."""
+    found = {}
+    for directory, _, files in os.walk(work_dir):
+        for name in files:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, work_dir)] = os.stat(path).st_mtime_ns
+    return found
+
+
+@pytest.mark.integration
+def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tmp_path):
+    work = str(tmp_path / "work")
+    cfg = IterationsConfig(
+        manifest_dir=demo_manifest_dir,
+        work_dir=work,
+        iterations=2,
+        clusters=[20, 30],
+        train_overrides=["optimization.max_update=6", "task.max_sample_size=16000"],
+        demo_corpus=demo_corpus,
+        progress=False,
+    )
+    checkpoints = run_iterations(cfg)
+    assert checkpoints == [os.path.join(work, f"iter{i}", "checkpoints", "checkpoint_last.pt") for i in (1, 2)]
+    assert all(os.path.isfile(c) for c in checkpoints)
+
+    # iteration 1 clustered MFCC at 100 Hz, iteration 2 layer 1 (of 2) of iteration 1's model at 50 Hz
+    sources = [json.load(open(os.path.join(work, f"iter{i}", "features", "train_0_1.json"))) for i in (1, 2)]
+    assert (sources[0]["source"]["name"], sources[0]["frame_rate"], sources[0]["dim"]) == ("mfcc", 100.0, 39)
+    assert sources[1]["source"]["checkpoint"] == checkpoints[0]
+    assert (sources[1]["source"]["layer"], sources[1]["frame_rate"], sources[1]["dim"]) == (1, 50.0, 64)
+    for i, k in ((1, 20), (2, 30)):
+        labels = os.path.join(work, f"iter{i}", "labels")
+        assert len(open(os.path.join(labels, "dict.km.txt")).read().splitlines()) == k
+        lengths = read_shard(os.path.join(work, f"iter{i}", "features"), "train", 0, 1).lengths
+        lines = open(os.path.join(labels, "train.km")).read().splitlines()
+        assert [len(line.split()) for line in lines] == lengths.tolist()
+        quality = json.load(open(os.path.join(work, f"iter{i}", "quality.json")))
+        assert quality["n_clusters"] == k and 0 < quality["pnmi"] < 1 and quality["used_clusters"] > k // 2
+    train_log = open(os.path.join(work, "iter2", "train.log")).read()
+    assert "task.label_rate=50 " in train_log.splitlines()[0]  # the command, first line of the log
+
+    # A rerun finds everything done and writes nothing.
+    before = outputs(work)
+    run_iterations(cfg)
+    after = outputs(work)
+    assert {k: v for k, v in after.items() if k != "iterations.json"} == {
+        k: v for k, v in before.items() if k != "iterations.json"
+    }
+
+    # As if killed during iteration 2's labelling: only the missing stages run again, and
+    # training resumes from its last checkpoint instead of starting over.
+    os.remove(os.path.join(work, "iter2", "labels", "valid.km"))
+    os.remove(os.path.join(work, "iter2", "train.done"))
+    run_iterations(cfg)
+    again = outputs(work)
+    assert again["iter2/labels/valid.km"] != before["iter2/labels/valid.km"]
+    assert again["iter2/labels/train.km"] == before["iter2/labels/train.km"]
+    assert again["iter1/checkpoints/checkpoint_last.pt"] == before["iter1/checkpoints/checkpoint_last.pt"]
+    resumed_log = open(os.path.join(work, "iter2", "train.log")).read()[len(train_log):]
+    assert "Loaded checkpoint" in resumed_log and "@ 6 updates" in resumed_log
+
+    # Asking for other settings in the same work dir is refused, not silently mixed.
+    cfg.clusters = [20, 40]
+    with pytest.raises(IterationsError, match=r"iter2/params\.json: this iteration was run with other settings \(n_clusters"):
+        run_iterations(cfg)
