@@ -224,31 +224,25 @@ def sample_rows(
     """A float32 (n, dim) sample of the shards' frames, read through the memory maps.
 
     ``percent`` in (0, 1] takes that fraction of the utterances (fairseq's ``--percent``; -1: all);
-    ``max_frames`` > 0 then caps the sample at that many frames, drawn uniformly. Only the sampled
-    rows are read, so memory is bounded by the sample. Rows come back in shard order (k-means
-    does not care). Raises on NaN/inf, naming the shard and row.
+    ``max_frames`` > 0 then caps the sample at that many frames, drawn uniformly without
+    replacement. Only the sampled rows are read and only their indices are held, so memory is
+    bounded by the sample. Rows come back in shard order (k-means does not care). Raises on
+    NaN/inf, naming the shard and row.
     """
     rng = np.random.default_rng(seed)
-    rows_per_shard = []
-    for shard in shards:
-        if 0 < percent < 1:
-            count = max(1, int(np.ceil(len(shard) * percent)))
-            chosen = np.sort(rng.choice(len(shard), count, replace=False))
-        elif percent == -1 or percent == 1:
-            chosen = np.arange(len(shard))
-        else:
-            raise ValueError(f"percent must be in (0, 1] or -1 (all), got {percent}")
-        starts, lengths = shard.offsets[chosen], shard.lengths[chosen]
-        rows_per_shard.append(_ranges_to_rows(starts, lengths))
-    total = sum(len(r) for r in rows_per_shard)
-    if max_frames > 0 and total > max_frames:
-        keep = np.sort(rng.choice(total, max_frames, replace=False))
-        bounds = np.cumsum([0] + [len(r) for r in rows_per_shard])
+    chosen = [_chosen_utterances(shard, percent, rng) for shard in shards]
+    totals = [int(shard.lengths[c].sum()) for shard, c in zip(shards, chosen)]
+    grand_total = sum(totals)
+    if max_frames > 0 and grand_total > max_frames:
+        keep = np.sort(rng.choice(grand_total, max_frames, replace=False))
+        bounds = np.cumsum([0] + totals)
         rows_per_shard = [
-            r[keep[(keep >= lo) & (keep < hi)] - lo] for r, lo, hi in zip(rows_per_shard, bounds[:-1], bounds[1:])
+            _positions_to_rows(shard, c, keep[(keep >= lo) & (keep < hi)] - lo)
+            for shard, c, lo, hi in zip(shards, chosen, bounds[:-1], bounds[1:])
         ]
-        total = max_frames
-    out = np.empty((total, shards[0].dim), dtype=np.float32)
+    else:
+        rows_per_shard = [_ranges_to_rows(shard.offsets[c], shard.lengths[c]) for shard, c in zip(shards, chosen)]
+    out = np.empty((sum(len(r) for r in rows_per_shard), shards[0].dim), dtype=np.float32)
     filled = 0
     for shard, rows in zip(shards, rows_per_shard):
         for begin in range(0, len(rows), read_block_rows):
@@ -259,6 +253,23 @@ def sample_rows(
             out[filled : filled + len(block)] = block
             filled += len(block)
     return out
+
+
+def _chosen_utterances(shard: Shard, percent: float, rng: np.random.Generator) -> np.ndarray:
+    if 0 < percent < 1:
+        count = max(1, int(np.ceil(len(shard) * percent)))
+        return np.sort(rng.choice(len(shard), count, replace=False))
+    if percent == -1 or percent == 1:
+        return np.arange(len(shard))
+    raise ValueError(f"percent must be in (0, 1] or -1 (all), got {percent}")
+
+
+def _positions_to_rows(shard: Shard, utterances: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Sorted positions within the concatenated frames of ``utterances`` -> rows of the shard."""
+    lengths = shard.lengths[utterances]
+    ends = np.cumsum(lengths)
+    which = np.searchsorted(ends, positions, side="right")
+    return shard.offsets[utterances][which] + positions - (ends[which] - lengths[which])
 
 
 def _raise_non_finite(shard: Shard, block: np.ndarray, block_rows: np.ndarray) -> None:
