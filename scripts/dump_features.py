@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sample-rate", type=int, default=16000, help="frontend audio sample rate (default 16000)")
     parser.add_argument("--chunk-seconds", type=float, default=None,
                         help="compute long files in chunks of this length (frontends: 30; checkpoints: the loader's 30)")
+    parser.add_argument("--label-dir", default=None,
+                        help="checkpoints: where the dict.*.txt it was trained with are now (if they moved)")
     parser.add_argument("--nshard", type=int, default=1)
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -49,10 +51,13 @@ def main(argv=None) -> int:
             extra = {} if args.chunk_seconds is None else {"chunk_seconds": args.chunk_seconds}
             src = FrontendFeatures(args.feature, args.sample_rate, args.frame_rate, device=args.device, **extra)
         else:
-            src = CheckpointFeatures(args.checkpoint, args.layer, device=args.device, chunk_seconds=args.chunk_seconds)
+            overrides = {"label_dir": args.label_dir} if args.label_dir else None
+            src = CheckpointFeatures(
+                args.checkpoint, args.layer, device=args.device, chunk_seconds=args.chunk_seconds, task_overrides=overrides
+            )
         manifest = f"{args.manifest_dir}/{args.split}.tsv"
         dump_features(manifest, args.split, src, args.feat_dir, args.rank, args.nshard)
-    except (ShardError, AudioInputError, ManifestError, ValueError) as err:
+    except (ShardError, AudioInputError, ManifestError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
