@@ -1,16 +1,15 @@
 """k-means for pseudo-labels: greedy k-means++ seeding (vectorised) then faiss Lloyd iterations.
 
-fairseq's recipe (``simple_kmeans/learn_kmeans.py``) runs sklearn's MiniBatchKMeans with 20
-k-means++ initialisations; most of its time goes into seeding, which sklearn runs in float64 and
-one candidate at a time. Here the seeding is sklearn's *greedy* k-means++ (each step draws
-``2 + ln k`` candidates by D^2 weighting and keeps the one that lowers the potential most), but
-with each step's distances computed for all candidates at once as one matrix product (torch,
-float32, on centred data so the norms stay small) and on a sample of the frames. A few seedings
-(``n_init``) are ranked by their potential, and the best (``nredo``) get full-batch Lloyd
-iterations in faiss over every training frame (faiss would otherwise subsample 256 per
-centroid); the lowest inertia wins. Centroids are saved as a plain ``.npy`` with a JSON
-of how they were made, so they load anywhere numpy does; fairseq's joblib k-means files load too.
-"""
+fairseq's recipe (``simple_kmeans/learn_kmeans.py``) runs sklearn's MiniBatchKMeans: 20 k-means++
+seedings (on 30k-frame samples, upcast to float64), then up to 100 passes of
+mini-batch updates. Here the seeding is sklearn's *greedy* k-means++ (each step draws ``2 + ln k``
+candidates by D^2 weighting and keeps the one that lowers the potential most), written as a few
+tensor operations per step (torch, float32, on centred data so the norms stay small) on a sample
+of the frames. A few seedings (``n_init``) are ranked by their potential, and the best
+(``nredo``) get full-batch Lloyd iterations in faiss over every training frame (faiss would
+otherwise subsample 256 per centroid); the lowest inertia wins. Centroids are saved as a plain
+``.npy`` with a JSON of how they were made, so they load anywhere numpy does; fairseq's joblib
+k-means files load too."""
 
 import json
 import logging
