@@ -1,6 +1,7 @@
 """The HEAR module: API contract on our checkpoints, and the real hear-validator."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,40 @@ def test_hear_validator_passes(checkpoint, in_ci, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Looks good!" in proc.stdout
+
+
+def write_tone_task(out_dir):
+    """A 3-class scene task in HEAR's format (tones an octave apart), no Debian packages needed."""
+    from audio_ssl_ext.downstream.eval_tasks import Clip, write_hear_task
+
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, count in (("train", 12), ("valid", 6), ("test", 6)):
+        clips = []
+        for i in range(count):
+            label = ["low", "mid", "high"][i % 3]
+            f0 = {"low": 220.0, "mid": 440.0, "high": 880.0}[label]
+            t = np.arange(8000) / 16000
+            clips.append(Clip(f"{split}_{i:02d}.wav", label, (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32)))
+        splits[split] = clips
+    return write_hear_task(str(out_dir), "tones", splits, 0.5)
+
+
+@pytest.mark.integration
+def test_heareval_embedding_and_prediction_runners(checkpoint, in_ci, tmp_path):
+    require_module("heareval", in_ci)
+    require_module("pytorch_lightning", in_ci)
+    write_tone_task(tmp_path / "tasks")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    for command in (
+        ["heareval.embeddings.runner", "audio_ssl_ext.hear", "--model", checkpoint,
+         "--tasks-dir", "tasks", "--embeddings-dir", "embeddings"],
+        ["heareval.predictions.runner", "embeddings/audio_ssl_ext.hear/tones", "--grid", "faster", "--grid-points", "1"],
+    ):
+        proc = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    task = tmp_path / "embeddings" / "audio_ssl_ext.hear" / "tones"
+    assert json.loads((task / "train.embedding-dimensions.json").read_text()) == [12, 64]
+    done = json.loads((task / "test.predicted-scores.json").read_text())
+    assert 0.0 <= done["test"]["test_top1_acc"] <= 1.0

@@ -26,7 +26,7 @@ TINY_CONFIGS = sorted(
 @pytest.fixture(scope="module", params=TINY_CONFIGS)
 def tiny_checkpoint(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt") / (request.param.replace(os.sep, "_") + ".pt")
-    return write_untrained_checkpoint(os.path.join(REPO, request.param), str(out), seed=0)
+    return write_untrained_checkpoint(os.path.join(REPO, request.param), str(out), seed=0, num_label_classes=20)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,14 @@ def test_hidden_states_shapes_lengths_and_padding(tiny_model):
         torch.testing.assert_close(a, b)
 
 
-def test_resamples_other_rates_inside(tiny_model):
-    model = tiny_model
+@pytest.fixture(scope="module")
+def music2vec_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("m2v") / "music2vec_tiny.pt"
+    return write_untrained_checkpoint(os.path.join(REPO, "examples/music2vec/tiny.yaml"), str(out), seed=0)
+
+
+def test_resamples_other_rates_inside(music2vec_checkpoint):
+    model = load_model(music2vec_checkpoint)
     wav24 = noise(1, 36000, seed=1)[0]
     inside = model.extract_features([wav24], sample_rate=24000)
     outside = soxr.resample(wav24.numpy(), 24000, model.sample_rate, quality="HQ")
@@ -79,14 +85,14 @@ def test_resamples_other_rates_inside(tiny_model):
         torch.testing.assert_close(a, b)
 
 
-def test_random_init_is_the_same_architecture_with_other_weights(tiny_checkpoint, tiny_model):
-    trained = tiny_model
-    fresh = load_model(tiny_checkpoint, random_init=True, seed=123)
+def test_random_init_is_the_same_architecture_with_other_weights(music2vec_checkpoint):
+    trained = load_model(music2vec_checkpoint)
+    fresh = load_model(music2vec_checkpoint, random_init=True, seed=123)
     wav = noise(1, 20000, seed=2)
     a, b = trained.extract_features(wav), fresh.extract_features(wav)
     assert [h.shape for h in a.hidden_states] == [h.shape for h in b.hidden_states]
     assert not torch.allclose(a.hidden_states[-1], b.hidden_states[-1])
-    again = load_model(tiny_checkpoint, random_init=True, seed=123).extract_features(wav)
+    again = load_model(music2vec_checkpoint, random_init=True, seed=123).extract_features(wav)
     torch.testing.assert_close(again.hidden_states[-1], b.hidden_states[-1])
 
 

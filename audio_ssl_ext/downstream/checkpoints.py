@@ -35,8 +35,9 @@ def compose_example_config(config_path: str, overrides: Sequence[str] = ()):
         raise ValueError(f"{config_path}: model {model_name!r} is not registered with fairseq")
     task = OmegaConf.merge(OmegaConf.structured(TASK_DATACLASS_REGISTRY[task_name]()), raw.task)
     model = OmegaConf.merge(OmegaConf.structured(MODEL_DATACLASS_REGISTRY[model_name]()), raw.model)
-    if OmegaConf.is_missing(task, "data"):
-        task.data = "unused"  # the task's data is not read to build a model
+    for key in ("data", "label_dir"):
+        if key in list(task.keys()) and OmegaConf.is_missing(task, key):
+            task[key] = "unused"  # not read to build a model (label_dir: see write_untrained_checkpoint)
     # Interpolations such as the task's `tpu: ${common.tpu}` or a model's `seed: ${common.seed}`
     # resolve against fairseq's whole config, as in a training run.
     root = OmegaConf.structured(FairseqConfig())
@@ -49,12 +50,25 @@ def compose_example_config(config_path: str, overrides: Sequence[str] = ()):
 
 
 def write_untrained_checkpoint(
-    config_path: str, out_path: str, seed: int = 0, overrides: Sequence[str] = ()
+    config_path: str, out_path: str, seed: int = 0, overrides: Sequence[str] = (), num_label_classes: int = 0
 ) -> str:
-    """Build the config's model with weights drawn from ``seed`` and save it as a fairseq checkpoint."""
+    """Build the config's model with weights drawn from ``seed`` and save it as a fairseq checkpoint.
+
+    A HuBERT-style config names label sets whose dictionaries size the model: with
+    ``num_label_classes`` > 0 and no ``task.label_dir`` given, dictionaries of that many classes
+    are written to ``<out_path>.labels/`` and the saved config points there.
+    """
     from fairseq import tasks
 
     cfg = compose_example_config(config_path, overrides)
+    labels = list(cfg.task.get("labels") or [])
+    if labels and num_label_classes > 0 and cfg.task.get("label_dir") in (None, "???", "unused"):
+        label_dir = os.path.abspath(out_path) + ".labels"
+        os.makedirs(label_dir, exist_ok=True)
+        for name in labels:
+            with open(os.path.join(label_dir, f"dict.{name}.txt"), "w") as f:
+                f.writelines(f"{k} 1\n" for k in range(num_label_classes))
+        cfg.task.label_dir = label_dir
     task = tasks.setup_task(cfg.task)
     torch.manual_seed(seed)
     model = task.build_model(cfg.model)

@@ -173,7 +173,7 @@ class FairseqWaveformAdapter(ModelAdapter):
 
     def conv_features(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, S) -> (B, T, C) conv features, T = frames of the longest item."""
-        if not self.per_utterance_extractor:
+        if not self.per_utterance_extractor or bool((lengths == source.size(1)).all()):
             return self.model.feature_extractor(source).transpose(1, 2)
         # GroupNorm over time would mix padding into every real frame: one utterance at a time.
         frames = [self.num_frames(n) for n in lengths.tolist()]
