@@ -1,0 +1,271 @@
+"""MW-MAE (Yadav et al. 2023, "Masked Autoencoders with Multi-Window Local-Global Attention Are
+Better Audio Learners", arXiv 2306.00561) and its MAE baseline, on log-mel patches.
+
+One model, two registered names:
+
+- ``mw_mae``: the decoder's attention is Multi-Window Multi-Head Attention (head i attends within
+  windows of w_i consecutive patches, 0 = global; by default the paper's rule: every non-unary
+  factor of the patch count plus two global heads, [2, 5, 10, 25, 50, 125, 0, 0] for 250
+  patches), optionally in the encoder too.
+- ``audio_mae``: every head global, i.e. MAE (He et al. 2022) on the same code: the paper's
+  baseline. (``mae`` is taken by fairseq's bundled data2vec examples.)
+
+Pretraining, as in MAE: waveform crop -> standardized log-mel (200 x 80 for 2 s) -> 4 x 16
+patches (250, time-major) + fixed 2-D sine-cosine positions -> keep a random 20% -> ViT encoder
+-> linear to the decoder width -> mask tokens at the masked places + fixed 1-D sine-cosine
+positions -> decoder -> linear to the patch -> MSE on the masked patches (no per-patch target
+normalisation unless ``norm_pix_loss``, the paper's choice). The model returns its loss for
+fairseq's ``model`` criterion: the sum over masked patches of the per-patch mean squared error,
+with ``sample_size`` the number of those patches, so fairseq logs the mean per-patch MSE.
+
+Masks are drawn per sample from a generator seeded by (common.seed, update number, sample id):
+a resumed run draws the masks the uninterrupted run would have, whatever the batch composition.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II
+from torch import nn
+
+from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
+from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
+from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches
+from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
+
+logger = logging.getLogger(__name__)
+
+# Seed streams: training masks also depend on the update number; validation masks do not, so
+# every validation pass scores the same masks.
+_TRAIN_STREAM, _VALID_STREAM = 0, 1
+
+
+@dataclass
+class AudioMaeConfig(FairseqDataclass):
+    # Input: log-mel frontend and patches (the paper: 2 s = 200 frames x 80 bands, 4 x 16 patches).
+    sample_rate: int = II("task.sample_rate")
+    n_mels: int = field(default=80, metadata={"help": "mel bands"})
+    f_min: float = field(default=50.0, metadata={"help": "lowest mel filter edge (Hz)"})
+    f_max: float = field(default=8000.0, metadata={"help": "highest mel filter edge (Hz)"})
+    win_ms: float = field(default=25.0, metadata={"help": "STFT window (ms)"})
+    hop_ms: float = field(default=10.0, metadata={"help": "STFT hop (ms)"})
+    input_frames: int = field(
+        default=200, metadata={"help": "frames per model input (2 s at 10 ms); task.crop_seconds must cover them"}
+    )
+    patch_time: int = field(default=4, metadata={"help": "frames per patch"})
+    patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
+    # Encoder (ViT-B by default).
+    encoder_embed_dim: int = 768
+    encoder_layers: int = 12
+    encoder_attention_heads: int = 12
+    # Decoder.
+    decoder_embed_dim: int = 384
+    decoder_layers: int = 4
+    decoder_attention_heads: Optional[int] = field(
+        default=8, metadata={"help": "decoder heads (mw_mae: defaults to the length of the window list)"}
+    )
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / model width, encoder and decoder"})
+    # Pretraining objective.
+    mask_ratio: float = field(default=0.8, metadata={"help": "fraction of patches masked"})
+    norm_pix_loss: bool = field(
+        default=False, metadata={"help": "normalise each target patch to zero mean, unit variance (off in the paper)"}
+    )
+    seed: int = II("common.seed")  # masks are drawn from (seed, update number, sample id)
+
+
+@dataclass
+class MwMaeConfig(AudioMaeConfig):
+    decoder_attention_heads: Optional[int] = field(
+        default=None,
+        metadata={"help": "must equal the length of decoder_window_sizes (unset: taken from it)"},
+    )
+    decoder_window_sizes: Optional[List[int]] = field(
+        default=None,
+        metadata={
+            "help": "window of each decoder head in patches (0 = global); each must divide the patch "
+            "count. Unset: the paper's rule, all non-unary factors of the patch count + two global heads"
+        },
+    )
+    encoder_window_sizes: Optional[List[int]] = field(
+        default=None,
+        metadata={
+            "help": "window of each encoder head (0 = global), one per encoder head; each must divide "
+            "the visible and the total patch counts. Unset: a global encoder (the paper's default)"
+        },
+    )
+
+
+@register_model("audio_mae", dataclass=AudioMaeConfig)
+class AudioMaeModel(BaseFairseqModel):
+    def __init__(
+        self,
+        cfg: AudioMaeConfig,
+        decoder_window_sizes: Optional[List[int]] = None,
+        encoder_window_sizes: Optional[List[int]] = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMelPatches(
+            sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, input_frames=cfg.input_frames,
+            patch_time=cfg.patch_time, patch_freq=cfg.patch_freq, win_ms=cfg.win_ms,
+            hop_ms=cfg.hop_ms, f_min=cfg.f_min, f_max=cfg.f_max,
+        )
+        num_patches = self.frontend.num_patches
+        enc_dim, dec_dim = cfg.encoder_embed_dim, cfg.decoder_embed_dim
+
+        self.patch_embed = PatchEmbedding(self.frontend.patch_dim, enc_dim, self.frontend.grid)
+        self.encoder = TransformerStack(
+            enc_dim, cfg.encoder_layers,
+            _attention_factory(enc_dim, cfg.encoder_attention_heads, encoder_window_sizes),
+            cfg.mlp_ratio,
+        )
+        self.decoder_embed = nn.Linear(enc_dim, dec_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
+        self.register_buffer(
+            "decoder_pos_embed", sincos_1d(dec_dim, torch.arange(num_patches)), persistent=False
+        )
+        self.decoder = TransformerStack(
+            dec_dim, cfg.decoder_layers,
+            _attention_factory(dec_dim, cfg.decoder_attention_heads, decoder_window_sizes),
+            cfg.mlp_ratio,
+        )
+        self.decoder_pred = nn.Linear(dec_dim, self.frontend.patch_dim)
+
+        self.apply(init_vit_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.num_updates = 0
+
+    @classmethod
+    def build_model(cls, cfg: AudioMaeConfig, task=None):
+        return cls(cfg)
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    # ------------------------------------------------------------------ pretraining
+    def draw_masks(self, sample_ids: torch.Tensor) -> PatchMask:
+        stream = (_TRAIN_STREAM, self.num_updates) if self.training else (_VALID_STREAM,)
+        return per_sample_masks(
+            random_masking,
+            sample_ids.tolist(),
+            (self.cfg.seed, *stream),
+            num_patches=self.frontend.num_patches,
+            mask_ratio=self.cfg.mask_ratio,
+        )
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        sample_ids: Optional[torch.Tensor] = None,
+    ) -> Dict:
+        if sample_ids is None:
+            raise ValueError(
+                f"{type(self).__name__} seeds its masks from the sample ids: pass sample_ids "
+                "(the crop_pretraining task puts them in net_input)"
+            )
+        inputs = self.frontend(source, padding_mask)
+        mask = self.draw_masks(sample_ids)
+        kept, masked = mask.kept.to(source.device), mask.masked.to(source.device)
+
+        tokens = self.patch_embed(inputs.patches)
+        latent = self.encoder(_gather_tokens(tokens, kept))
+        pred = self.decode(latent, kept)
+
+        target = _gather_tokens(inputs.patches, masked)
+        if self.cfg.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        error = (_gather_tokens(pred, masked) - target).square().mean(dim=-1)
+        # Patches reaching into a short file's zero padding are not scored.
+        weight = torch.gather(inputs.patch_valid, 1, masked).to(error.dtype)
+        return {
+            "losses": {"mse": (error * weight).sum()},
+            "sample_size": weight.sum().long().item(),
+        }
+
+    def decode(self, latent: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """Encoder output of the visible patches -> predicted patches, all N of them."""
+        x = self.decoder_embed(latent)
+        batch, _, dim = x.shape
+        full = self.mask_token.to(x.dtype).expand(batch, self.frontend.num_patches, dim)
+        full = full.scatter(1, kept[:, :, None].expand(-1, -1, dim), x)
+        return self.decoder_pred(self.decoder(full + self.decoder_pos_embed.to(x.dtype)))
+
+    # ------------------------------------------------------------------ features
+    @property
+    def feature_rate(self) -> float:
+        """Output frames per second of :meth:`extract_features` (25 Hz for 4-frame patches)."""
+        return self.frontend.frame_rate / self.cfg.patch_time
+
+    def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
+        """The paper's features: the unmasked encoder over ``input_frames`` chunks of the whole clip
+        (standardized as a whole), each time step's frequency patches concatenated, chunks
+        concatenated in time.
+
+        Returns a dict with
+          ``layer_results``: one (B, T_out, freq_patches * encoder_embed_dim) tensor per encoder
+            block; the last has gone through the encoder's final norm (the paper's embedding);
+          ``x``: that last one; ``padding_mask``: (B, T_out) True past an example's end;
+          ``clip``: (B, freq_patches * encoder_embed_dim), the mean of ``x`` over real frames.
+        T_out = ceil(frames / patch_time), frames = 1 + samples // hop.
+        """
+        chunked = self.frontend.chunks(source, padding_mask)
+        tokens = self.patch_embed(chunked.patches)
+        layer_results: List[torch.Tensor] = []
+        final = self.encoder(tokens, layer_results)
+        layer_results[-1] = final  # the last block's output through the encoder's final norm
+
+        batch, time_patches = source.shape[0], self.frontend.grid[0]
+        out_frames = -(-int(chunked.valid_frames.max()) // self.cfg.patch_time)
+        layer_results = [
+            _time_steps(h, batch, chunked.num_chunks, time_patches)[:, :out_frames] for h in layer_results
+        ]
+        frames_per_example = -(-chunked.valid_frames // self.cfg.patch_time)
+        padding = torch.arange(out_frames, device=source.device)[None, :] >= frames_per_example[:, None]
+        x = layer_results[-1]
+        real = (~padding)[:, :, None].to(x.dtype)
+        clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
+        return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
+
+
+@register_model("mw_mae", dataclass=MwMaeConfig)
+class MwMaeModel(AudioMaeModel):
+    @classmethod
+    def build_model(cls, cfg: MwMaeConfig, task=None):
+        num_patches = (cfg.input_frames // cfg.patch_time) * (cfg.n_mels // cfg.patch_freq)
+        decoder_windows = resolve_window_sizes(
+            cfg.decoder_window_sizes, [num_patches], cfg.decoder_attention_heads, "model.decoder_window_sizes"
+        )
+        encoder_windows = None
+        if cfg.encoder_window_sizes is not None:
+            visible = num_patches - int(round(num_patches * cfg.mask_ratio))
+            encoder_windows = resolve_window_sizes(
+                cfg.encoder_window_sizes, [visible, num_patches], cfg.encoder_attention_heads,
+                "model.encoder_window_sizes",
+            )
+        logger.info(f"MW-MHA windows: decoder {decoder_windows}, encoder {encoder_windows or 'global'}")
+        return cls(cfg, decoder_windows, encoder_windows)
+
+
+def _attention_factory(dim: int, num_heads: Optional[int], window_sizes: Optional[List[int]]):
+    if window_sizes is None:
+        return lambda layer: Attention(dim, num_heads)
+    return lambda layer: MultiWindowAttention(dim, window_sizes)
+
+
+def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), index (B, K) -> (B, K, D)."""
+    return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
+
+
+def _time_steps(tokens: torch.Tensor, batch: int, num_chunks: int, time_patches: int) -> torch.Tensor:
+    """(B * chunks, time_patches * freq_patches, D) -> (B, chunks * time_patches, freq_patches * D):
+    'b (t f) d -> b t (f d)', chunks of one example in order along time."""
+    return tokens.reshape(batch, num_chunks * time_patches, -1)

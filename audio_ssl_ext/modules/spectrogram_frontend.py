@@ -1,0 +1,130 @@
+"""Waveform batch -> standardized log-mel -> whole patches: the input of the spectrogram learners
+(MW-MAE / MAE here; Audio-JEPA uses the same piece with its own patch size and input length).
+
+Runs inside the model, on the batch's device, so the data loader only reads and crops audio.
+
+Frames are centred (frame i on sample i * hop, the input zero-padded by half a window at both
+ends), so N seconds give 100 N + 1 frames at a 10 ms hop: 2 s -> 201 frames, cropped to the
+model's 200 (50 patches of 4 frames); 2.08 s -> 209, cropped to 208 (13 patches of 16). Centring
+also makes a zero-padded clip's frames identical to those of the clip alone up to its own frame
+count, which is how padded batches are handled: per-instance standardization uses only an
+example's real frames, the padded frames are set to 0 (the standardized mean), and patches that
+reach into them are flagged so that a loss can leave them out.
+"""
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from audio_ssl_ext.features import LogMelSpectrogram
+from audio_ssl_ext.modules.patches import patch_grid, patchify
+
+
+class SpectrogramPatches(NamedTuple):
+    patches: torch.Tensor  # (B, N, patch_time * patch_freq), time-major
+    patch_valid: torch.Tensor  # (B, N) bool: every frame of the patch is real audio
+
+
+class ChunkedPatches(NamedTuple):
+    patches: torch.Tensor  # (B * chunks, N, patch_time * patch_freq): chunk c of example b at b * chunks + c
+    num_chunks: int
+    valid_frames: torch.Tensor  # (B,) real frames of each example
+
+
+def standardize_valid_frames(spec: torch.Tensor, valid_frames: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit (population) std over the first ``valid_frames[b]`` frames and all bands
+    of each example; frames past them become 0."""
+    frame_is_valid = torch.arange(spec.shape[1], device=spec.device)[None, :] < valid_frames[:, None]
+    weight = frame_is_valid[:, :, None].to(spec.dtype)
+    count = (valid_frames.clamp_min(1) * spec.shape[2]).to(spec.dtype)[:, None, None]
+    mean = (spec * weight).sum(dim=(1, 2), keepdim=True) / count
+    var = ((spec - mean).square() * weight).sum(dim=(1, 2), keepdim=True) / count
+    return (spec - mean) / var.sqrt().clamp_min(eps) * weight
+
+
+class LogMelPatches(nn.Module):
+    """(B, T) waveforms (+ padding mask) -> standardized log-mel -> (time x frequency) patches.
+
+    ``input_frames`` is the model's fixed input length in frames (a whole number of patches):
+    training crops must give at least that many; :meth:`chunks` cuts a clip of any length into
+    such inputs for feature extraction.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        n_mels: int = 80,
+        input_frames: int = 200,
+        patch_time: int = 4,
+        patch_freq: int = 16,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        f_min: float = 50.0,
+        f_max: float = 8000.0,
+    ):
+        super().__init__()
+        self.logmel = LogMelSpectrogram(
+            sample_rate=sample_rate, n_mels=n_mels, win_ms=win_ms, hop_ms=hop_ms,
+            f_min=f_min, f_max=f_max, center=True,
+        )
+        self.grid: Tuple[int, int] = patch_grid(input_frames, n_mels, patch_time, patch_freq)
+        self.input_frames = input_frames
+        self.patch_time = patch_time
+        self.patch_freq = patch_freq
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_time * self.patch_freq
+
+    @property
+    def frame_rate(self) -> float:
+        return self.logmel.frame_rate
+
+    def min_input_samples(self) -> int:
+        """Fewest samples that give ``input_frames`` frames (1 + T // hop >= input_frames)."""
+        return (self.input_frames - 1) * self.logmel.hop_length
+
+    def spectrogram(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(standardized log-mel (B, frames, n_mels), real frames per example (B,))."""
+        spec = self.logmel(source)
+        if padding_mask is None:
+            valid_frames = torch.full((source.shape[0],), spec.shape[1], device=spec.device)
+        else:
+            lengths = (~padding_mask).sum(dim=1)
+            # Centred frames: frame i is centred on sample i * hop, so a clip of L samples owns
+            # frames 0 .. L // hop (the frontend's own count for L samples).
+            valid_frames = torch.where(lengths > 0, 1 + lengths // self.logmel.hop_length, 0)
+            valid_frames = valid_frames.clamp_max(spec.shape[1])
+        return standardize_valid_frames(spec, valid_frames), valid_frames
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> SpectrogramPatches:
+        """Fixed-length input (a training crop): its first ``input_frames`` frames as patches."""
+        spec, valid_frames = self.spectrogram(source, padding_mask)
+        if spec.shape[1] < self.input_frames:
+            raise ValueError(
+                f"the input has {source.shape[1]} samples = {spec.shape[1]} frames; the model needs "
+                f"{self.input_frames} frames = at least {self.min_input_samples()} samples "
+                f"({self.min_input_samples() / self.logmel.sample_rate:g} s): raise task.crop_seconds"
+            )
+        patches = patchify(spec[:, : self.input_frames], self.patch_time, self.patch_freq)
+        # A time patch is real if its last frame is; all frequency patches of a time step share it.
+        time_patch_end = (torch.arange(self.grid[0], device=spec.device) + 1) * self.patch_time
+        time_valid = time_patch_end[None, :] <= valid_frames[:, None]
+        return SpectrogramPatches(patches, time_valid.repeat_interleave(self.grid[1], dim=1))
+
+    def chunks(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> ChunkedPatches:
+        """A clip of any length, standardized as a whole, zero-padded to whole inputs and cut into
+        ``input_frames`` chunks (the paper's feature extraction: 2 s chunks, embeddings concatenated)."""
+        spec, valid_frames = self.spectrogram(source, padding_mask)
+        batch, frames, mels = spec.shape
+        num_chunks = -(-frames // self.input_frames)
+        spec = nn.functional.pad(spec, (0, 0, 0, num_chunks * self.input_frames - frames))
+        spec = spec.reshape(batch * num_chunks, self.input_frames, mels)
+        return ChunkedPatches(patchify(spec, self.patch_time, self.patch_freq), num_chunks, valid_frames)
