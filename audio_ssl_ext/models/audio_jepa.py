@@ -1,0 +1,400 @@
+"""Audio-JEPA: joint-embedding predictive learning on log-mel patches.
+
+Riou, Lattner, Hadjeres, Peeters, "Investigating Design Choices in Joint-Embedding Predictive
+Architectures for General Audio Representation Learning" (arXiv 2405.08679); reference code
+SonyCSLParis/audio-representations (unstructured masking only). The input is cut into context
+and target patches; a context encoder (ViT) encodes the context, a narrower predictor ViT takes
+those tokens plus mask tokens placed at the target positions and predicts what a target encoder,
+an exponential moving average of the context encoder that gets no gradients, makes of the
+targets. The loss is (smooth) L1 against the target encoder's outputs, each token layer-normalised
+without affine parameters (I-JEPA's and the reference's "norm_pix_loss").
+
+The paper's three comparisons are options of this one model:
+
+- ``masking``: ``unstructured`` (random patches; the paper's best), ``multi_block`` (I-JEPA:
+  several rectangular target blocks, the context a large block minus them), ``time`` (whole time
+  steps across all frequencies); the mask generators are in ``modules/masking.py``;
+- ``target_domain``: ``audio`` (the target encoder sees only the target patches; the paper's
+  better choice) or ``latent`` (it sees the whole input and the targets are picked after it);
+- the crop duration (2.08 / 3.2 / 6.4 s): the task's crop, which fixes the patch grid.
+
+What a long fairseq run needs: masks drawn from (seed, update, sample ids) so a resumed run sees
+the masks an uninterrupted one would (the crop_pretraining task passes the ids); the target
+encoder steps once per optimizer update whatever ``update_freq`` is, and its fp32 weights and
+step count are part of the checkpoint (``modules/ema.py``). The model returns its loss for
+fairseq's ``model`` criterion.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II
+
+from audio_ssl_ext.models.music2vec import mean_channel_std
+from audio_ssl_ext.modules.ema import EMATeacher
+from audio_ssl_ext.modules.masking import (
+    ContextTargetMask,
+    context_target_from_patch_mask,
+    multi_block_masking,
+    per_sample_masks,
+    random_masking,
+    seeded_generator,
+    time_masking,
+)
+from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches
+from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
+
+MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
+TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent"])
+
+# Seed streams of the masks (mw_mae's convention): training masks also depend on the update.
+_TRAIN_STREAM, _VALID_STREAM = 0, 1
+
+
+@dataclass
+class AudioJepaConfig(FairseqDataclass):
+    """Defaults are the paper's recipe (reference code): ViT-B context encoder, 512-wide 8-block
+    predictor, unstructured masking of 60 % of the patches, audio-domain targets."""
+
+    # input: standardized log-mel patches (the paper: 80 mels, 25 ms / 10 ms at 16 kHz, 16 x 16)
+    sample_rate: int = II("task.sample_rate")
+    n_mels: int = field(default=80, metadata={"help": "mel bands"})
+    f_min: float = field(default=50.0, metadata={"help": "lowest mel filter edge (Hz)"})
+    f_max: float = field(default=8000.0, metadata={"help": "highest mel filter edge (Hz)"})
+    win_ms: float = field(default=25.0, metadata={"help": "STFT window (ms)"})
+    hop_ms: float = field(default=10.0, metadata={"help": "STFT hop (ms)"})
+    input_frames: int = field(
+        default=208,
+        metadata={"help": "frames per model input, a whole number of patches: 208 (2.08 s), 320 "
+                  "(3.2 s) or 640 (6.4 s) in the paper; task.crop_seconds must cover them"},
+    )
+    patch_time: int = field(default=16, metadata={"help": "frames per patch"})
+    patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
+
+    # context encoder (the target encoder is its EMA copy)
+    encoder_embed_dim: int = 768
+    encoder_layers: int = 12
+    encoder_attention_heads: int = 12
+    mlp_ratio: float = 4.0
+
+    # predictor
+    predictor_embed_dim: int = 512
+    predictor_layers: int = 8
+    predictor_attention_heads: int = 16
+
+    # masking
+    masking: MASKING_CHOICES = field(
+        default="unstructured", metadata={"help": "unstructured | multi_block | time"}
+    )
+    mask_ratio: float = field(
+        default=0.6,
+        metadata={"help": "unstructured: fraction of patches that are targets; time: fraction of "
+                  "time steps (the rest is context)"},
+    )
+    time_mask_span: int = field(
+        default=1, metadata={"help": "time masking: time patches per masked span"}
+    )
+    num_target_blocks: int = field(default=4, metadata={"help": "multi_block: target blocks"})
+    target_block_scale: List[float] = field(
+        default_factory=lambda: [0.15, 0.2],
+        metadata={"help": "multi_block: range of a target block's share of the patches"},
+    )
+    target_block_aspect_ratio: List[float] = field(
+        default_factory=lambda: [0.75, 1.5],
+        metadata={"help": "multi_block: range of a target block's time / frequency extent"},
+    )
+    context_block_scale: List[float] = field(
+        default_factory=lambda: [0.85, 1.0],
+        metadata={"help": "multi_block: range of the context block's share of the patches"},
+    )
+    min_context_patches: int = field(
+        default=10,
+        metadata={"help": "multi_block: a sample whose context keeps this many patches or fewer "
+                  "is redrawn (I-JEPA's min_keep)"},
+    )
+    target_domain: TARGET_DOMAIN_CHOICES = field(
+        default="audio",
+        metadata={"help": "audio: the target encoder sees only the target patches; latent: it sees "
+                  "all patches and targets are picked from its output"},
+    )
+
+    # loss
+    smooth_l1_beta: float = field(
+        default=1.0, metadata={"help": "smooth L1 beta (the reference: 1.0); 0 gives plain L1"}
+    )
+    layer_norm_targets: bool = field(
+        default=True, metadata={"help": "layer-normalise each target token, without affine"}
+    )
+
+    # target encoder: EMA of the context encoder, decay rising linearly over training
+    ema_decay: float = field(default=0.99995, metadata={"help": "decay at update 0"})
+    ema_end_decay: float = field(default=0.99999, metadata={"help": "decay at ema_anneal_end_step"})
+    ema_anneal_end_step: int = II("optimization.max_update")
+
+    seed: int = II("common.seed")  # masks are drawn from (seed, update, sample ids)
+
+
+class PatchEncoder(nn.Module):
+    """Patch embedding with fixed 2-D sine-cosine positions, then a ViT over a subset of tokens.
+
+    ``keep`` selects the tokens: (B, M) indices, or (B, G, K) for G groups each encoded on its
+    own (the target encoder on multi-block targets in the audio domain); None: all patches.
+    """
+
+    def __init__(self, grid, patch_dim: int, dim: int, depth: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.patch_embed = PatchEmbedding(patch_dim, dim, grid)
+        self.transformer = TransformerStack(dim, depth, lambda _: Attention(dim, num_heads), mlp_ratio)
+
+    def forward(
+        self,
+        patches: torch.Tensor,
+        keep: Optional[torch.Tensor] = None,
+        layer_results: Optional[List[torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        tokens = self.patch_embed(patches)
+        if keep is None:
+            return self.transformer(tokens, layer_results)
+        groups = keep.shape[1:-1]
+        flat = keep.reshape(keep.shape[0], -1)
+        tokens = tokens.gather(1, flat[..., None].expand(-1, -1, tokens.shape[-1]))
+        tokens = tokens.reshape(-1, keep.shape[-1], tokens.shape[-1])  # groups folded into the batch
+        out = self.transformer(tokens, layer_results)
+        return out.reshape(keep.shape[0], *groups, keep.shape[-1], out.shape[-1])
+
+
+class JepaPredictor(nn.Module):
+    """Context tokens plus one mask token per target position -> predicted target embeddings.
+
+    Each target group gets its own pass (the context repeated), as I-JEPA predicts each target
+    block on its own; mask tokens of one group attend to each other and to the context only.
+    """
+
+    def __init__(self, grid, encoder_dim: int, dim: int, depth: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.embed = nn.Linear(encoder_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("pos_embed", sincos_2d(dim, tuple(grid)), persistent=False)
+        self.transformer = TransformerStack(dim, depth, lambda _: Attention(dim, num_heads), mlp_ratio)
+        self.head = nn.Linear(dim, encoder_dim)
+
+    def forward(self, context_tokens: torch.Tensor, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, Nc, encoder_dim) tokens at (B, Nc) positions, (B, G, K) target positions
+        -> (B, G, K, encoder_dim)."""
+        batch, groups, count = targets.shape
+        x = self.embed(context_tokens) + self.pos_embed[context]
+        x = x.repeat_interleave(groups, dim=0)
+        queries = self.mask_token + self.pos_embed[targets.reshape(batch * groups, count)]
+        x = self.transformer(torch.cat([x, queries.to(x.dtype)], dim=1))
+        return self.head(x[:, -count:]).reshape(batch, groups, count, -1)
+
+
+def jepa_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-token loss, the mean over channels: smooth L1 with ``beta`` (L1 for beta=0)."""
+    return F.smooth_l1_loss(prediction.float(), target.float(), reduction="none", beta=beta).mean(dim=-1)
+
+
+@register_model("audio_jepa", dataclass=AudioJepaConfig)
+class AudioJepaModel(BaseFairseqModel):
+    def __init__(self, cfg: AudioJepaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogMelPatches(
+            sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, input_frames=cfg.input_frames,
+            patch_time=cfg.patch_time, patch_freq=cfg.patch_freq, win_ms=cfg.win_ms,
+            hop_ms=cfg.hop_ms, f_min=cfg.f_min, f_max=cfg.f_max,
+        )
+        self.grid = self.frontend.grid
+        self.encoder = PatchEncoder(
+            self.grid, self.frontend.patch_dim, cfg.encoder_embed_dim, cfg.encoder_layers,
+            cfg.encoder_attention_heads, cfg.mlp_ratio,
+        )
+        self.predictor = JepaPredictor(
+            self.grid, cfg.encoder_embed_dim, cfg.predictor_embed_dim, cfg.predictor_layers,
+            cfg.predictor_attention_heads, cfg.mlp_ratio,
+        )
+        self.apply(init_vit_weights)
+        nn.init.normal_(self.predictor.mask_token, std=0.02)
+        self.num_updates = 0
+        self.check_masking()
+        self.teacher: Optional[EMATeacher] = None  # not in the copy the teacher is made from
+        self.teacher = EMATeacher(self.encoder, cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step)
+
+    @classmethod
+    def build_model(cls, cfg: AudioJepaConfig, task=None):
+        return cls(cfg)
+
+    def check_masking(self) -> None:
+        """Draw masks once now, so a masking config that cannot work fails at start-up, by name."""
+        try:
+            self.draw_masks(torch.arange(2))
+        except ValueError as error:
+            raise ValueError(
+                f"model.masking={self.cfg.masking} on the {self.grid[0]} x {self.grid[1]} patch grid "
+                f"(time x frequency): {error}"
+            ) from None
+
+    def set_num_updates(self, num_updates):
+        # Called once per micro-batch; the teacher catches up in forward, once per update.
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    # --- checkpoint: the teacher's fp32 weights and step count live under "_teacher." ---
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.teacher is not None:
+            for key, value in self.teacher.state_dict().items():
+                destination[f"{prefix}_teacher.{key}"] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        head = f"{prefix}_teacher."
+        teacher_state = {k[len(head) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(head)}
+        if self.teacher is not None:
+            if teacher_state:
+                self.teacher.load_state_dict(teacher_state)
+            else:
+                missing_keys.append(f"{head}* (the EMA target encoder)")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def remove_pretraining_modules(self, last_layer=None):
+        """Keep what feature extraction uses: the frontend and the context encoder (the paper's,
+        and the reference's, downstream encoder)."""
+        self.teacher = None
+        self.predictor = None
+
+    # --- masks ---
+
+    def draw_masks(self, sample_ids: torch.Tensor) -> ContextTargetMask:
+        """Context (B, Nc) and target (B, G, K) patch indices, from (seed, stream, sample ids):
+        the training stream also depends on the update, the validation one does not (so every
+        validation pass scores the same masks), as in mw_mae."""
+        cfg = self.cfg
+        stream = (_TRAIN_STREAM, self.num_updates) if self.training else (_VALID_STREAM,)
+        entropy = (cfg.seed, *stream)
+        ids = [int(i) for i in sample_ids.tolist()]
+        if cfg.masking == "unstructured":
+            mask = per_sample_masks(
+                random_masking, ids, entropy, num_patches=self.frontend.num_patches, mask_ratio=cfg.mask_ratio
+            )
+            return context_target_from_patch_mask(mask)
+        if cfg.masking == "time":
+            mask = per_sample_masks(
+                time_masking, ids, entropy, grid=self.grid, mask_ratio=cfg.mask_ratio, span=cfg.time_mask_span
+            )
+            return context_target_from_patch_mask(mask)
+        # The block shapes and the context count are shared by a batch (I-JEPA), so its masks
+        # come from one generator seeded by all of its ids.
+        return multi_block_masking(
+            len(ids),
+            self.grid,
+            seeded_generator(*entropy, *ids),
+            num_targets=cfg.num_target_blocks,
+            target_scale=tuple(cfg.target_block_scale),
+            target_aspect_ratio=tuple(cfg.target_block_aspect_ratio),
+            context_scale=tuple(cfg.context_block_scale),
+            min_context=cfg.min_context_patches,
+        )
+
+    # --- pretraining ---
+
+    def forward(
+        self,
+        source: torch.Tensor,
+        padding_mask: Optional[torch.Tensor] = None,
+        sample_ids: Optional[torch.Tensor] = None,
+        masks: Optional[ContextTargetMask] = None,
+    ) -> Dict:
+        """The JEPA loss for fairseq's ``model`` criterion: the sum over target patches of the
+        per-patch (smooth) L1, ``sample_size`` the number of those patches, so fairseq logs the
+        mean per-patch loss. The crop_pretraining task puts ``sample_ids`` in net_input; ``masks``
+        replaces the drawn ones."""
+        if masks is None:
+            if sample_ids is None:
+                raise ValueError(
+                    "audio_jepa seeds its masks from the sample ids: pass sample_ids "
+                    "(the crop_pretraining task puts them in net_input)"
+                )
+            masks = self.draw_masks(sample_ids)
+        context, targets = masks.context.to(source.device), masks.targets.to(source.device)
+
+        inputs = self.frontend(source, padding_mask)
+        context_tokens = self.encoder(inputs.patches, keep=context)
+        prediction = self.predictor(context_tokens, context, targets)
+        target = self.target_embeddings(inputs.patches, targets)
+        loss = jepa_loss(prediction, target, self.cfg.smooth_l1_beta)
+        # Targets reaching into a short file's zero padding are not scored.
+        batch = targets.shape[0]
+        weight = inputs.patch_valid.gather(1, targets.reshape(batch, -1)).reshape(targets.shape)
+        weight = weight.to(loss.dtype)
+
+        result = {"losses": {"jepa": (loss * weight).sum()}, "sample_size": int(weight.sum().item())}
+        with torch.no_grad():
+            result["target_var"] = mean_channel_std(target)
+            result["pred_var"] = mean_channel_std(prediction)
+        result["ema_decay"] = self.teacher.decay * 1000  # x1000: fairseq logs 3 decimals
+        return result
+
+    @torch.no_grad()
+    def target_embeddings(self, patches: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, G, K, D) fp32 target-encoder outputs at ``targets``, once it has caught up with
+        this update. Audio domain: it encodes each target group's patches alone; latent domain:
+        it encodes all patches and the targets are picked from its output."""
+        self.teacher.update(self.encoder, self.num_updates)
+        teacher = self.teacher.model
+        if self.cfg.target_domain == "audio":
+            embeddings = teacher(patches, keep=targets)
+        else:
+            everything = teacher(patches)
+            batch, groups, count = targets.shape
+            index = targets.reshape(batch, groups * count, 1).expand(-1, -1, everything.shape[-1])
+            embeddings = everything.gather(1, index).reshape(batch, groups, count, -1)
+        embeddings = embeddings.float()
+        if self.cfg.layer_norm_targets:
+            embeddings = F.layer_norm(embeddings, embeddings.shape[-1:])
+        return embeddings
+
+    # --- features ---
+
+    @property
+    def feature_rate(self) -> float:
+        """Output frames per second of :meth:`extract_features` (6.25 Hz for 16-frame patches)."""
+        return self.frontend.frame_rate / self.cfg.patch_time
+
+    def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
+        """The context encoder, unmasked, over ``input_frames`` chunks of the whole clip
+        (standardized as a whole), each time step's frequency patches concatenated, chunks
+        concatenated in time: the reference's feature extraction, and mw_mae's interface.
+
+        Returns a dict with
+          ``layer_results``: one (B, T_out, freq_patches * encoder_embed_dim) tensor per encoder
+            block; the last has gone through the encoder's final norm;
+          ``x``: that last one; ``padding_mask``: (B, T_out) True past an example's end;
+          ``clip``: (B, freq_patches * encoder_embed_dim), the mean of ``x`` over real frames.
+        T_out = ceil(frames / patch_time), frames = 1 + samples // hop.
+        """
+        chunked = self.frontend.chunks(source, padding_mask)
+        layer_results: List[torch.Tensor] = []
+        final = self.encoder(chunked.patches, layer_results=layer_results)
+        layer_results[-1] = final  # the last block's output through the encoder's final norm
+
+        batch = source.shape[0]
+        out_frames = -(-int(chunked.valid_frames.max()) // self.cfg.patch_time)
+        # (B * chunks, time_patches * freq_patches, D) -> (B, chunks * time_patches, freq_patches * D)
+        layer_results = [
+            h.reshape(batch, chunked.num_chunks * self.grid[0], -1)[:, :out_frames] for h in layer_results
+        ]
+        frames_per_example = -(-chunked.valid_frames // self.cfg.patch_time)
+        padding = torch.arange(out_frames, device=source.device)[None, :] >= frames_per_example[:, None]
+        x = layer_results[-1]
+        real = (~padding)[:, :, None].to(x.dtype)
+        clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
+        return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
