@@ -6,8 +6,8 @@ mini-batch updates. Here the seeding is sklearn's *greedy* k-means++ (each step 
 candidates by D^2 weighting and keeps the one that lowers the potential most), written as a few
 tensor operations per step (torch, float32, on centred data so the norms stay small) on a sample
 of the frames. A few seedings (``n_init``) are ranked by their potential, and the best
-(``nredo``) get full-batch Lloyd iterations in faiss over every training frame (faiss would
-otherwise subsample 256 per centroid); the lowest inertia wins. Centroids are saved as a plain
+(``nredo``) get Lloyd iterations in faiss, the last ones over every training frame; the lowest
+inertia wins. Centroids are saved as a plain
 ``.npy`` with a JSON of how they were made, so they load anywhere numpy does; fairseq's joblib
 k-means files load too."""
 
@@ -113,21 +113,38 @@ class KMeansInfo:
     source: dict = field(default_factory=dict)  # what the features were (set by the caller)
 
 
-def lloyd(x: np.ndarray, init: np.ndarray, niter: int, seed: int, gpu: bool) -> np.ndarray:
-    """``niter`` full-batch Lloyd iterations from ``init`` with faiss (empty clusters re-split)."""
-    n, d = x.shape
+# Lloyd iterations first run on faiss's default sample of 256 frames per centroid (cheap, and
+# the centroids move most then); the last ones on every training frame, which is what the
+# inertia is measured on.
+SAMPLED_POINTS_PER_CENTROID = 256
+FULL_DATA_ITERATIONS = 5
+
+
+def _faiss_lloyd(x: np.ndarray, init: np.ndarray, niter: int, seed: int, gpu: bool, points_per_centroid: int):
     km = faiss.Kmeans(
-        d,
+        x.shape[1],
         init.shape[0],
         niter=niter,
         seed=seed,
         gpu=gpu,
-        max_points_per_centroid=n,  # use every frame: faiss subsamples to 256 per centroid by default
+        max_points_per_centroid=points_per_centroid,
         min_points_per_centroid=1,  # our own check refuses k > n; faiss would only warn
         verbose=False,
     )
     km.train(x, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
     return km.centroids.copy()
+
+
+def lloyd(x: np.ndarray, init: np.ndarray, niter: int, seed: int, gpu: bool) -> np.ndarray:
+    """``niter`` Lloyd iterations from ``init`` with faiss (empty clusters are re-split): all but
+    the last ``FULL_DATA_ITERATIONS`` on a sample of 256 frames per centroid, those on all."""
+    full = min(niter, FULL_DATA_ITERATIONS)
+    centroids = init
+    if niter > full:
+        centroids = _faiss_lloyd(x, centroids, niter - full, seed, gpu, SAMPLED_POINTS_PER_CENTROID)
+    if full > 0:
+        centroids = _faiss_lloyd(x, centroids, full, seed, gpu, len(x))
+    return centroids
 
 
 def learn_kmeans(
@@ -144,7 +161,7 @@ def learn_kmeans(
     """Cluster (n, d) float32 frames.
 
     ``n_init`` greedy k-means++ seedings, each on its own random sample of ``seeding_frames``
-    frames (default max(20000, 50 * n_clusters)), are ranked by their potential on that sample
+    frames (default 100 per cluster), are ranked by their potential on that sample
     (sklearn's ``n_init``: cheap, and most of the quality); the ``nredo`` best then get ``niter``
     Lloyd iterations on all frames (faiss's ``nredo``), and the lowest inertia wins.
     """
@@ -154,7 +171,7 @@ def learn_kmeans(
         raise KMeansError(f"need n_init >= 1, 1 <= nredo <= n_init, niter >= 0; got {n_init}, {nredo}, {niter}")
     gpu = use_faiss_gpu() if gpu is None else gpu
     device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-    seeding_frames = seeding_frames or max(20_000, 50 * n_clusters)
+    seeding_frames = seeding_frames or 100 * n_clusters
     started = time.perf_counter()
     mean = x.mean(0, dtype=np.float64).astype(np.float32)
     centred = x - mean  # smaller norms for the float32 distance expansion; same clustering
