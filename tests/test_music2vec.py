@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from audio_ssl_ext.models.music2vec import CollapseError, Music2VecConfig, Music2VecModel
+from audio_ssl_ext.models.music2vec import Music2VecConfig, Music2VecModel
+from audio_ssl_ext.modules.collapse import CollapseError
 from tests.utils import REPO_ROOT, compose_example_config, run_fairseq_hydra_train
 
 CONFIG_DIR = os.path.join(REPO_ROOT, "examples", "music2vec")

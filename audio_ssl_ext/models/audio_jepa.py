@@ -35,7 +35,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
-from audio_ssl_ext.models.music2vec import mean_channel_std
+from audio_ssl_ext.modules.collapse import mean_channel_std
 from audio_ssl_ext.modules.ema import EMATeacher
 from audio_ssl_ext.modules.masking import (
     ContextTargetMask,

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from fairseq.data.data_utils import compute_mask_indices, numpy_seed
@@ -42,6 +41,7 @@ from fairseq.modules import GradMultiply, LayerNorm
 from fairseq.utils import get_available_activation_fns, index_put
 from omegaconf import II
 
+from audio_ssl_ext.modules.collapse import CollapseError, mean_channel_std
 from audio_ssl_ext.modules.ema import EMATeacher
 
 logger = logging.getLogger(__name__)
@@ -146,10 +146,6 @@ class Music2VecConfig(FairseqDataclass):
     seed: int = II("common.seed")  # masks and layer drop are drawn from (seed, update, sample ids)
 
 
-class CollapseError(RuntimeError):
-    """The targets or predictions lost their variance: the run learns nothing any more."""
-
-
 def encoder_config(cfg: Music2VecConfig) -> Wav2Vec2Config:
     """The Wav2Vec2Config that fairseq's TransformerEncoder reads, from music2vec's fields."""
     return Wav2Vec2Config(
@@ -200,21 +196,6 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float)
     if beta == 0:
         return F.mse_loss(prediction.float(), target.float(), reduction="none").sum(dim=-1)
     return F.smooth_l1_loss(prediction.float(), target.float(), reduction="none", beta=beta).sum(dim=-1)
-
-
-def mean_channel_std(y: torch.Tensor) -> torch.Tensor:
-    """Std of each channel over all frames (and all data-parallel workers), averaged: data2vec's
-    ``target_var`` / ``pred_var``."""
-    y = y.reshape(-1, y.size(-1)).float()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        count = torch.tensor(float(y.size(0)), device=y.device)
-        total, total_sq = y.sum(dim=0), (y**2).sum(dim=0)
-        for t in (count, total, total_sq):
-            dist.all_reduce(t)
-        var = total_sq / (count - 1) - total**2 / (count * (count - 1))
-    else:
-        var = y.var(dim=0)
-    return torch.sqrt(var + 1e-6).mean()
 
 
 def conv_output_lengths(input_lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
