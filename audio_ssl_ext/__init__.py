@@ -16,3 +16,4 @@ Importing the package registers its tasks, models and criteria with fairseq's re
 __version__ = "0.1.0"
 
 from audio_ssl_ext import criterions, models, tasks  # noqa: E402,F401  (registration)
+from audio_ssl_ext.downstream.load import load_model  # noqa: E402,F401  (public API)

@@ -5,11 +5,12 @@
 #   manifest/               train.tsv, valid.tsv, manifest_report.txt
 #   <learner>/checkpoints/  fairseq checkpoints (checkpoint_last.pt, ...) and hydra_train.log
 #   <learner>/tb/           tensorboard logs
+#   musichubert/            the HuBERT iterations: iter<i>/{features,kmeans,labels,checkpoints,tb}
 # LEARNERS="..." picks a subset. Each run starts fresh (its folder is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
-LEARNERS=${LEARNERS:-"wav2vec2"}
+LEARNERS=${LEARNERS:-"musichubert music2vec mwmae audiojepa"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 step() { printf '\n== %s\n' "$*"; }
@@ -35,7 +36,15 @@ train_tiny() {  # learner config_dir [overrides...]
 
 for learner in $LEARNERS; do
   case $learner in
-    wav2vec2) train_tiny wav2vec2 examples/wav2vec2 ;;
+    musichubert)
+      # Two HuBERT iterations: MFCC k-means labels -> train -> layer k-means labels -> train.
+      step "musichubert: scripts/hubert_iterations.py (2 iterations, tiny config)"
+      rm -rf "${DEMO_DIR:?}/musichubert"
+      python scripts/hubert_iterations.py "$DEMO_DIR/manifest" "$DEMO_DIR/musichubert" \
+        --iterations 2 --demo-corpus "$DEMO_DIR/corpus" ;;
+    music2vec) train_tiny music2vec examples/music2vec ;;
+    mwmae) train_tiny mwmae examples/mwmae ;;
+    audiojepa) train_tiny audiojepa examples/audiojepa ;;
     *) echo "unknown learner '$learner'"; exit 2 ;;
   esac
 done

@@ -269,7 +269,7 @@ class PatchEncoderAdapter(ModelAdapter):
         return [h.masked_fill(frame_padding[..., None], 0.0) for h in out["layer_results"]]
 
 
-for _name in ("mw_mae", "audio_mae"):
+for _name in ("mw_mae", "audio_mae", "audio_jepa"):
     register_adapter(_name)(PatchEncoderAdapter)
 
 
