@@ -26,7 +26,9 @@ def run_fairseq_hydra_train(
     """
     command = fairseq_hydra_train_command() + ["--config-dir", config_dir, "--config-name", config_name]
     command += list(overrides)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(command)} failed:\n{log[-6000:]}"
