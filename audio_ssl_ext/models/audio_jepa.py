@@ -315,13 +315,13 @@ class AudioJepaModel(BaseFairseqModel):
     ) -> Dict:
         """The JEPA loss for fairseq's ``model`` criterion: the sum over target patches of the
         per-patch (smooth) L1, ``sample_size`` the number of those patches, so fairseq logs the
-        mean per-patch loss. The crop_pretraining task puts ``sample_ids`` in net_input; ``masks``
+        mean per-patch loss. The criterion ``model_with_sample_ids`` passes ``sample_ids``; ``masks``
         replaces the drawn ones."""
         if masks is None:
             if sample_ids is None:
                 raise ValueError(
                     "audio_jepa seeds its masks from the sample ids: pass sample_ids "
-                    "(the crop_pretraining task puts them in net_input)"
+                    "(train with criterion model_with_sample_ids, which passes the batch's ids)"
                 )
             masks = self.draw_masks(sample_ids)
         context, targets = masks.context.to(source.device), masks.targets.to(source.device)

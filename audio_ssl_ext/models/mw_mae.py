@@ -66,9 +66,7 @@ class AudioMaeConfig(FairseqDataclass):
     # Decoder.
     decoder_embed_dim: int = 384
     decoder_layers: int = 4
-    decoder_attention_heads: Optional[int] = field(
-        default=8, metadata={"help": "decoder heads (mw_mae: defaults to the length of the window list)"}
-    )
+    decoder_attention_heads: int = 8
     mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / model width, encoder and decoder"})
     # Pretraining objective.
     mask_ratio: float = field(default=0.8, metadata={"help": "fraction of patches masked"})
@@ -168,7 +166,7 @@ class AudioMaeModel(BaseFairseqModel):
         if sample_ids is None:
             raise ValueError(
                 f"{type(self).__name__} seeds its masks from the sample ids: pass sample_ids "
-                "(the crop_pretraining task puts them in net_input)"
+                "(train with criterion model_with_sample_ids, which passes the batch's ids)"
             )
         inputs = self.frontend(source, padding_mask)
         mask = self.draw_masks(sample_ids)

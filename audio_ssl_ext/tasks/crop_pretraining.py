@@ -3,8 +3,8 @@
 Every item is cut (or zero-padded, with a padding mask) to ``crop_seconds``: a random crop in
 training, seeded by (seed, epoch, sample index) so a resumed run sees the same crops, and the
 centre crop in validation. The spectrogram is computed in the model, on the training device.
-Batches also carry the sample ids in ``net_input.sample_ids``: the models seed their masks from
-them (with the run seed and the update number), so masks too are exactly reproducible.
+The learners seed their masks from the batch's sample ids, which the criterion
+``model_with_sample_ids`` hands them, so masks too are exactly reproducible.
 """
 
 import logging
@@ -34,16 +34,6 @@ class CropPretrainingConfig(FairseqDataclass):
     seed: int = II("common.seed")  # crops are drawn from (seed, epoch, sample index)
 
 
-class CropDataset(WaveformDataset):
-    """WaveformDataset whose batches also give the model the sample ids (for seeded masks)."""
-
-    def collater(self, samples):
-        batch = super().collater(samples)
-        if batch:
-            batch["net_input"]["sample_ids"] = batch["id"]
-        return batch
-
-
 @register_task("crop_pretraining", dataclass=CropPretrainingConfig)
 class CropPretrainingTask(FairseqTask):
     cfg: CropPretrainingConfig
@@ -71,7 +61,7 @@ class CropPretrainingTask(FairseqTask):
 
     def load_dataset(self, split: str, **kwargs):
         manifest = read_manifest(os.path.join(self.cfg.data, f"{split}.tsv"))
-        self.datasets[split] = CropDataset(
+        self.datasets[split] = WaveformDataset(
             manifest,
             sample_rate=self.cfg.sample_rate,
             fixed_length=self.crop_samples,
