@@ -36,7 +36,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
 from audio_ssl_ext.modules.collapse import mean_channel_std
-from audio_ssl_ext.modules.ema import EMATeacher
+from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
 from audio_ssl_ext.modules.masking import (
     ContextTargetMask,
     context_target_from_patch_mask,
@@ -201,7 +201,9 @@ def jepa_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float) -> to
 
 
 @register_model("audio_jepa", dataclass=AudioJepaConfig)
-class AudioJepaModel(BaseFairseqModel):
+class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
+    teacher_description = "the EMA target encoder"
+
     def __init__(self, cfg: AudioJepaConfig):
         super().__init__()
         self.cfg = cfg
@@ -239,31 +241,6 @@ class AudioJepaModel(BaseFairseqModel):
                 f"model.masking={self.cfg.masking} on the {self.grid[0]} x {self.grid[1]} patch grid "
                 f"(time x frequency): {error}"
             ) from None
-
-    def set_num_updates(self, num_updates):
-        # Called once per micro-batch; the teacher catches up in forward, once per update.
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-
-    # --- checkpoint: the teacher's fp32 weights and step count live under "_teacher." ---
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.teacher is not None:
-            for key, value in self.teacher.state_dict().items():
-                destination[f"{prefix}_teacher.{key}"] = value
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        head = f"{prefix}_teacher."
-        teacher_state = {k[len(head) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(head)}
-        if self.teacher is not None:
-            if teacher_state:
-                self.teacher.load_state_dict(teacher_state)
-            else:
-                missing_keys.append(f"{head}* (the EMA target encoder)")
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def remove_pretraining_modules(self, last_layer=None):
         """Keep what feature extraction uses: the frontend and the context encoder (the paper's,

@@ -42,7 +42,7 @@ from fairseq.utils import get_available_activation_fns, index_put
 from omegaconf import II
 
 from audio_ssl_ext.modules.collapse import CollapseError, mean_channel_std
-from audio_ssl_ext.modules.ema import EMATeacher
+from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def conv_output_lengths(input_lengths: torch.Tensor, conv_layers: List[Tuple[int
 
 
 @register_model("music2vec", dataclass=Music2VecConfig)
-class Music2VecModel(BaseFairseqModel):
+class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
     def __init__(self, cfg: Music2VecConfig):
         super().__init__()
         if cfg.average_top_k_layers < 1 or cfg.average_top_k_layers > cfg.encoder_layers:
@@ -250,31 +250,6 @@ class Music2VecModel(BaseFairseqModel):
         if not self.cfg.ema_layers_only:
             return []
         return [f"pos_conv.{name}" for name, _ in self.encoder.pos_conv.named_parameters()]
-
-    def set_num_updates(self, num_updates):
-        # Called once per micro-batch; the teacher catches up in forward, once per update.
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-
-    # --- checkpoint: the teacher's fp32 weights and step count live under "_teacher." ---
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.teacher is not None:
-            for key, value in self.teacher.state_dict().items():
-                destination[f"{prefix}_teacher.{key}"] = value
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        head = f"{prefix}_teacher."
-        teacher_state = {k[len(head) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(head)}
-        if self.teacher is not None:
-            if teacher_state:
-                self.teacher.load_state_dict(teacher_state)
-            else:
-                missing_keys.append(f"{head}* (the EMA teacher)")
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     def remove_pretraining_modules(self, last_layer=None):
         """Drop what only pre-training needs (teacher, regression head), as data2vec_audio."""

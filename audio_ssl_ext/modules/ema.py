@@ -138,3 +138,39 @@ class EMATeacher:
         params = {k: v.to(device) for k, v in params.items()}
         self._ema.restore(params, build_fp32_params=True)
         self.num_updates = int(state["num_updates"])
+
+
+class TeacherCheckpointMixin:
+    """For a fairseq model holding ``self.teacher`` (an ``EMATeacher``, or None once
+    ``remove_pretraining_modules`` dropped it): the teacher's fp32 weights and step count travel
+    in the model's state dict under ``_teacher.``, so fairseq's checkpoints carry them and a
+    resumed run continues exactly; a checkpoint without them fails a strict load.
+
+    ``set_num_updates`` only records the update: fairseq calls it once per micro-batch, and the
+    model steps its teacher in ``forward`` when the update has advanced (once per update).
+    Put it before ``BaseFairseqModel`` in the bases.
+    """
+
+    teacher_description = "the EMA teacher"
+
+    def set_num_updates(self, num_updates):
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.teacher is not None:
+            for key, value in self.teacher.state_dict().items():
+                destination[f"{prefix}_teacher.{key}"] = value
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        head = f"{prefix}_teacher."
+        teacher_state = {k[len(head) :]: state_dict.pop(k) for k in list(state_dict) if k.startswith(head)}
+        if self.teacher is not None:
+            if teacher_state:
+                self.teacher.load_state_dict(teacher_state)
+            else:
+                missing_keys.append(f"{head}* ({self.teacher_description})")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
