@@ -51,6 +51,10 @@ done
 
 step "outputs"
 for learner in $LEARNERS; do
-  echo "$learner: checkpoints in $DEMO_DIR/$learner/checkpoints, tensorboard logs in $DEMO_DIR/$learner/tb"
+  if [ "$learner" = musichubert ]; then
+    echo "musichubert: per iteration i, checkpoints in $DEMO_DIR/musichubert/iter<i>/checkpoints, labels in .../labels, tensorboard logs in .../tb"
+  else
+    echo "$learner: checkpoints in $DEMO_DIR/$learner/checkpoints, tensorboard logs in $DEMO_DIR/$learner/tb"
+  fi
 done
 echo "tensorboard --logdir $DEMO_DIR   # to look at the curves"
