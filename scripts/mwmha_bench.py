@@ -8,8 +8,9 @@ At the paper's decoder shape (batch 64, 250 tokens, 384 wide, 8 heads with the r
     reference  multi_window_attention_reference: the same parameters, one head at a time
     global     standard multi-head attention (what MAE uses), same width and head count
 
-Shared machines are noisy, so each comparison is a series of interleaved pairs (ours, then the
-other, repeated) and reports the median of the per-pair ratios with their spread (min-max).
+Shared machines are noisy, so each comparison is a series of interleaved pairs (ours and the
+other back to back, which one first alternating) and reports the median of the per-pair ratios
+with their spread (min-max), by wall clock and, on the CPU, by this process's CPU time.
 The last lines, one per device, are
 
     mwmha_bench: device=<cpu|cuda> block_vs_global=<ours/global> attn_vs_reference=<reference/ours>
@@ -86,10 +87,23 @@ def make_timer(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, device) -
 
 
 def interleaved_pairs(ours: Callable, other: Callable, pairs: int, warmup: int) -> List[Tuple[Tuple, Tuple]]:
-    """``pairs`` x ((wall, cpu) of ours, (wall, cpu) of other), ours first in each pair."""
+    """``pairs`` x ((wall, cpu) of ours, (wall, cpu) of other), run back to back.
+
+    Which of the two runs first alternates from pair to pair: the first run of a pair inherits
+    the caches and the allocator state the other module left, so a fixed order biases the ratio.
+    """
     for _ in range(warmup):
         ours(), other()
-    return [(ours(), other()) for _ in range(pairs)]
+    timings = []
+    for pair in range(pairs):
+        if pair % 2 == 0:
+            a = ours()
+            b = other()
+        else:
+            b = other()
+            a = ours()
+        timings.append((a, b))
+    return timings
 
 
 def summary(ratios: List[float]) -> str:
