@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--out", default="results/probe")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # fairseq's import leaves the root logger at DEBUG: keep matplotlib's font search out of the log.
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
     tasks = sorted(os.path.join(args.tasks_dir, d) for d in os.listdir(args.tasks_dir)
                    if os.path.isfile(os.path.join(args.tasks_dir, d, "task_metadata.json")))
