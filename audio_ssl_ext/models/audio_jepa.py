@@ -47,7 +47,7 @@ from audio_ssl_ext.modules.masking import (
     time_masking,
 )
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, chunk_features
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
@@ -363,15 +363,4 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
         final = self.encoder(chunked.patches, layer_results=layer_results)
         layer_results[-1] = final  # the last block's output through the encoder's final norm
 
-        batch = source.shape[0]
-        out_frames = -(-int(chunked.valid_frames.max()) // self.cfg.patch_time)
-        # (B * chunks, time_patches * freq_patches, D) -> (B, chunks * time_patches, freq_patches * D)
-        layer_results = [
-            h.reshape(batch, chunked.num_chunks * self.grid[0], -1)[:, :out_frames] for h in layer_results
-        ]
-        frames_per_example = -(-chunked.valid_frames // self.cfg.patch_time)
-        padding = torch.arange(out_frames, device=source.device)[None, :] >= frames_per_example[:, None]
-        x = layer_results[-1]
-        real = (~padding)[:, :, None].to(x.dtype)
-        clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
-        return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
+        return chunk_features(chunked, layer_results, self.cfg.patch_time, self.grid[0])

@@ -35,7 +35,7 @@ from torch import nn
 from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
 from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, chunk_features
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
@@ -219,18 +219,7 @@ class AudioMaeModel(BaseFairseqModel):
         layer_results: List[torch.Tensor] = []
         final = self.encoder(tokens, layer_results)
         layer_results[-1] = final  # the last block's output through the encoder's final norm
-
-        batch, time_patches = source.shape[0], self.frontend.grid[0]
-        out_frames = -(-int(chunked.valid_frames.max()) // self.cfg.patch_time)
-        layer_results = [
-            _time_steps(h, batch, chunked.num_chunks, time_patches)[:, :out_frames] for h in layer_results
-        ]
-        frames_per_example = -(-chunked.valid_frames // self.cfg.patch_time)
-        padding = torch.arange(out_frames, device=source.device)[None, :] >= frames_per_example[:, None]
-        x = layer_results[-1]
-        real = (~padding)[:, :, None].to(x.dtype)
-        clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
-        return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
+        return chunk_features(chunked, layer_results, self.cfg.patch_time, self.frontend.grid[0])
 
 
 @register_model("mw_mae", dataclass=MwMaeConfig)
@@ -261,9 +250,3 @@ def _attention_factory(dim: int, num_heads: Optional[int], window_sizes: Optiona
 def _gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, N, D), index (B, K) -> (B, K, D)."""
     return torch.gather(x, 1, index[:, :, None].expand(-1, -1, x.shape[-1]))
-
-
-def _time_steps(tokens: torch.Tensor, batch: int, num_chunks: int, time_patches: int) -> torch.Tensor:
-    """(B * chunks, time_patches * freq_patches, D) -> (B, chunks * time_patches, freq_patches * D):
-    'b (t f) d -> b t (f d)', chunks of one example in order along time."""
-    return tokens.reshape(batch, num_chunks * time_patches, -1)

@@ -12,7 +12,7 @@ example's real frames, the padded frames are set to 0 (the standardized mean), a
 reach into them are flagged so that a loss can leave them out.
 """
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -128,3 +128,26 @@ class LogMelPatches(nn.Module):
         spec = nn.functional.pad(spec, (0, 0, 0, num_chunks * self.input_frames - frames))
         spec = spec.reshape(batch * num_chunks, self.input_frames, mels)
         return ChunkedPatches(patchify(spec, self.patch_time, self.patch_freq), num_chunks, valid_frames)
+
+
+def chunk_features(chunked: ChunkedPatches, layer_results: List[torch.Tensor], patch_time: int, time_patches: int) -> Dict:
+    """Per-chunk encoder outputs -> the papers' per-time-step features of whole clips.
+
+    Each of ``layer_results`` is (B * chunks, time_patches * freq_patches, D), chunk ``c`` of
+    example ``b`` at ``b * chunks + c`` (``LogMelPatches.chunks``). Each time step's frequency
+    patches are concatenated ('b (t f) d -> b t (f d)'), and an example's chunks follow each other
+    in time. Returns ``layer_results`` (B, T_out, freq_patches * D) each, ``x`` (the last),
+    ``padding_mask`` (B, T_out, True past an example's end) and ``clip`` (the mean of ``x`` over
+    real steps), T_out = ceil(real frames / patch_time) of the longest example.
+    """
+    batch = chunked.valid_frames.shape[0]
+    steps_per_example = -(-chunked.valid_frames // patch_time)
+    out_steps = int(steps_per_example.max())
+    layer_results = [
+        h.reshape(batch, chunked.num_chunks * time_patches, -1)[:, :out_steps] for h in layer_results
+    ]
+    padding = torch.arange(out_steps, device=chunked.patches.device)[None, :] >= steps_per_example[:, None]
+    x = layer_results[-1]
+    real = (~padding)[:, :, None].to(x.dtype)
+    clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
+    return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
