@@ -1,6 +1,5 @@
 """The HEAR module: API contract on our checkpoints, and the real hear-validator."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,17 +12,9 @@ import torch
 
 from audio_ssl_ext import hear
 from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
+from tests.utils import require_kit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def require_module(name: str, in_ci: bool):
-    """Tests of external kits skip where the kit is missing, but fail in CI (make setup installs it)."""
-    if importlib.util.find_spec(name) is None:
-        message = f"{name} is not installed (make setup-eval installs the evaluation extras)"
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +75,8 @@ def test_a_24khz_model_declares_16khz_and_resamples_inside(tmp_path):
 
 @pytest.mark.integration
 def test_hear_validator_passes(checkpoint, in_ci, tmp_path):
-    require_module("hearvalidator", in_ci)
-    require_module("tensorflow", in_ci)
+    require_kit("hearvalidator", in_ci, import_it=False)
+    require_kit("tensorflow", in_ci, import_it=False)
     proc = subprocess.run(
         [sys.executable, "-m", "hearvalidator.validate", "audio_ssl_ext.hear", "-m", checkpoint, "-d", "cpu"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
@@ -114,8 +105,8 @@ def write_tone_task(out_dir):
 
 @pytest.mark.integration
 def test_heareval_embedding_and_prediction_runners(checkpoint, in_ci, tmp_path):
-    require_module("heareval", in_ci)
-    require_module("pytorch_lightning", in_ci)
+    require_kit("heareval", in_ci, import_it=False)
+    require_kit("pytorch_lightning", in_ci, import_it=False)
     write_tone_task(tmp_path / "tasks")
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     for command in (

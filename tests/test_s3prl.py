@@ -12,18 +12,9 @@ import torch
 
 from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
 from audio_ssl_ext.downstream.s3prl import UpstreamExpert
+from tests.utils import require_kit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def require(module: str, in_ci: bool):
-    try:
-        __import__(module)
-    except Exception as err:  # ImportError, or a kit failing on import
-        message = f"{module} unusable ({err}): make setup-eval installs the evaluation extras"
-        if in_ci:
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +55,7 @@ def test_24khz_model_gets_an_integer_rate_and_s3prl_frame_counts(tmp_path):
 
 
 def test_s3prl_featurizer_weighs_our_hidden_states(checkpoint, in_ci):
-    require("s3prl.upstream.interfaces", in_ci)
+    require_kit("s3prl.upstream.interfaces", in_ci)
     from s3prl.upstream.interfaces import Featurizer
 
     upstream = UpstreamExpert(checkpoint)
@@ -111,7 +102,7 @@ downstream_expert:
 
 @pytest.mark.integration
 def test_s3prl_runner_trains_speaker_id_over_our_upstream(checkpoint, tmp_path, in_ci):
-    require("s3prl.run_downstream", in_ci)  # needs torchaudio (pure-Python mode) and transformers
+    require_kit("s3prl.run_downstream", in_ci)  # needs torchaudio (pure-Python mode) and transformers
     if shutil.which("flite") is None:
         if in_ci:
             pytest.fail("flite is missing: make setup-eval")

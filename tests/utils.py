@@ -59,3 +59,23 @@ def compose_example_config(learner: str, config_name: str, overrides: Sequence[s
         cfg = compose(config_name=config_name, overrides=list(overrides))
     add_defaults(cfg)
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def require_kit(module: str, in_ci: bool, import_it: bool = True) -> None:
+    """Tests of external kits skip where the kit is missing or broken, but fail in CI, where
+    `make test` installs them (`make setup-eval`). ``import_it=False`` only checks that the module
+    is installed (tensorflow's import alone costs ~15 s; the kit's own command imports it)."""
+    import importlib.util
+
+    import pytest
+
+    try:
+        if import_it:
+            __import__(module)
+        elif importlib.util.find_spec(module) is None:
+            raise ImportError("not installed")
+    except Exception as err:  # ImportError, or a kit failing on import
+        message = f"{module} unusable ({err}): make setup-eval installs the evaluation extras"
+        if in_ci:
+            pytest.fail(message)
+        pytest.skip(message)
