@@ -31,7 +31,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
@@ -47,7 +47,7 @@ from audio_ssl_ext.modules.masking import (
     time_masking,
 )
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, chunk_features
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, chunk_features
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
@@ -58,24 +58,18 @@ _TRAIN_STREAM, _VALID_STREAM = 0, 1
 
 
 @dataclass
-class AudioJepaConfig(FairseqDataclass):
+class AudioJepaConfig(LogMelPatchesConfig):
     """Defaults are the paper's recipe (reference code): ViT-B context encoder, 512-wide 8-block
     predictor, unstructured masking of 60 % of the patches, audio-domain targets."""
 
-    # input: standardized log-mel patches (the paper: 80 mels, 25 ms / 10 ms at 16 kHz, 16 x 16)
-    sample_rate: int = II("task.sample_rate")
-    n_mels: int = field(default=80, metadata={"help": "mel bands"})
-    f_min: float = field(default=50.0, metadata={"help": "lowest mel filter edge (Hz)"})
-    f_max: float = field(default=8000.0, metadata={"help": "highest mel filter edge (Hz)"})
-    win_ms: float = field(default=25.0, metadata={"help": "STFT window (ms)"})
-    hop_ms: float = field(default=10.0, metadata={"help": "STFT hop (ms)"})
+    # input: standardized log-mel patches (the paper: 80 mels, 25 ms / 10 ms at 16 kHz, 16 x 16);
+    # the other input fields and their defaults come from LogMelPatchesConfig
     input_frames: int = field(
         default=208,
         metadata={"help": "frames per model input, a whole number of patches: 208 (2.08 s), 320 "
                   "(3.2 s) or 640 (6.4 s) in the paper; task.crop_seconds must cover them"},
     )
     patch_time: int = field(default=16, metadata={"help": "frames per patch"})
-    patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
 
     # context encoder (the target encoder is its EMA copy)
     encoder_embed_dim: int = 768
@@ -207,11 +201,7 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
     def __init__(self, cfg: AudioJepaConfig):
         super().__init__()
         self.cfg = cfg
-        self.frontend = LogMelPatches(
-            sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, input_frames=cfg.input_frames,
-            patch_time=cfg.patch_time, patch_freq=cfg.patch_freq, win_ms=cfg.win_ms,
-            hop_ms=cfg.hop_ms, f_min=cfg.f_min, f_max=cfg.f_max,
-        )
+        self.frontend = LogMelPatches.from_config(cfg)
         self.grid = self.frontend.grid
         self.encoder = PatchEncoder(
             self.grid, self.frontend.patch_dim, cfg.encoder_embed_dim, cfg.encoder_layers,

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import torch
-from fairseq.dataclass import FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 from torch import nn
@@ -35,7 +34,7 @@ from torch import nn
 from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
 from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, chunk_features
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, chunk_features
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
@@ -46,19 +45,9 @@ _TRAIN_STREAM, _VALID_STREAM = 0, 1
 
 
 @dataclass
-class AudioMaeConfig(FairseqDataclass):
-    # Input: log-mel frontend and patches (the paper: 2 s = 200 frames x 80 bands, 4 x 16 patches).
-    sample_rate: int = II("task.sample_rate")
-    n_mels: int = field(default=80, metadata={"help": "mel bands"})
-    f_min: float = field(default=50.0, metadata={"help": "lowest mel filter edge (Hz)"})
-    f_max: float = field(default=8000.0, metadata={"help": "highest mel filter edge (Hz)"})
-    win_ms: float = field(default=25.0, metadata={"help": "STFT window (ms)"})
-    hop_ms: float = field(default=10.0, metadata={"help": "STFT hop (ms)"})
-    input_frames: int = field(
-        default=200, metadata={"help": "frames per model input (2 s at 10 ms); task.crop_seconds must cover them"}
-    )
-    patch_time: int = field(default=4, metadata={"help": "frames per patch"})
-    patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
+class AudioMaeConfig(LogMelPatchesConfig):
+    # Input: log-mel patches with LogMelPatchesConfig's defaults, the paper's (2 s = 200 frames x
+    # 80 bands, 4 x 16 patches).
     # Encoder (ViT-B by default).
     encoder_embed_dim: int = 768
     encoder_layers: int = 12
@@ -108,11 +97,7 @@ class AudioMaeModel(BaseFairseqModel):
     ):
         super().__init__()
         self.cfg = cfg
-        self.frontend = LogMelPatches(
-            sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, input_frames=cfg.input_frames,
-            patch_time=cfg.patch_time, patch_freq=cfg.patch_freq, win_ms=cfg.win_ms,
-            hop_ms=cfg.hop_ms, f_min=cfg.f_min, f_max=cfg.f_max,
-        )
+        self.frontend = LogMelPatches.from_config(cfg)
         num_patches = self.frontend.num_patches
         enc_dim, dec_dim = cfg.encoder_embed_dim, cfg.decoder_embed_dim
 

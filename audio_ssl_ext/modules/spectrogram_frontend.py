@@ -12,9 +12,12 @@ example's real frames, the padded frames are set to 0 (the standardized mean), a
 reach into them are flagged so that a loss can leave them out.
 """
 
+from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+from fairseq.dataclass import FairseqDataclass
+from omegaconf import II
 from torch import nn
 
 from audio_ssl_ext.features import LogMelSpectrogram
@@ -43,6 +46,24 @@ def standardize_valid_frames(spec: torch.Tensor, valid_frames: torch.Tensor, eps
     return (spec - mean) / var.sqrt().clamp_min(eps) * weight
 
 
+@dataclass
+class LogMelPatchesConfig(FairseqDataclass):
+    """The input fields of a spectrogram learner's config (MW-MAE's defaults: 2 s = 200 frames x
+    80 bands in 4 x 16 patches). A learner's config subclasses it and overrides what differs."""
+
+    sample_rate: int = II("task.sample_rate")
+    n_mels: int = field(default=80, metadata={"help": "mel bands"})
+    f_min: float = field(default=50.0, metadata={"help": "lowest mel filter edge (Hz)"})
+    f_max: float = field(default=8000.0, metadata={"help": "highest mel filter edge (Hz)"})
+    win_ms: float = field(default=25.0, metadata={"help": "STFT window (ms)"})
+    hop_ms: float = field(default=10.0, metadata={"help": "STFT hop (ms)"})
+    input_frames: int = field(
+        default=200, metadata={"help": "frames per model input (2 s at 10 ms); task.crop_seconds must cover them"}
+    )
+    patch_time: int = field(default=4, metadata={"help": "frames per patch"})
+    patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
+
+
 class LogMelPatches(nn.Module):
     """(B, T) waveforms (+ padding mask) -> standardized log-mel -> (time x frequency) patches.
 
@@ -50,6 +71,14 @@ class LogMelPatches(nn.Module):
     training crops must give at least that many; :meth:`chunks` cuts a clip of any length into
     such inputs for feature extraction.
     """
+
+    @classmethod
+    def from_config(cls, cfg: LogMelPatchesConfig) -> "LogMelPatches":
+        return cls(
+            sample_rate=cfg.sample_rate, n_mels=cfg.n_mels, input_frames=cfg.input_frames,
+            patch_time=cfg.patch_time, patch_freq=cfg.patch_freq, win_ms=cfg.win_ms,
+            hop_ms=cfg.hop_ms, f_min=cfg.f_min, f_max=cfg.f_max,
+        )
 
     def __init__(
         self,

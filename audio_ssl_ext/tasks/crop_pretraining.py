@@ -9,15 +9,15 @@ The learners seed their masks from the batch's sample ids, which the criterion
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
 from fairseq.dataclass import FairseqDataclass
-from fairseq.tasks import FairseqTask, register_task
+from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
 from audio_ssl_ext.data.manifest import read_manifest
 from audio_ssl_ext.data.waveform_dataset import WaveformDataset
+from audio_ssl_ext.tasks.waveform_pretraining import WaveformTask
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class CropPretrainingConfig(FairseqDataclass):
 
 
 @register_task("crop_pretraining", dataclass=CropPretrainingConfig)
-class CropPretrainingTask(FairseqTask):
+class CropPretrainingTask(WaveformTask):
     cfg: CropPretrainingConfig
 
     def __init__(self, cfg: CropPretrainingConfig):
@@ -43,21 +43,9 @@ class CropPretrainingTask(FairseqTask):
         if cfg.crop_seconds <= 0:
             raise ValueError(f"task.crop_seconds must be positive, got {cfg.crop_seconds}")
 
-    @classmethod
-    def setup_task(cls, cfg: CropPretrainingConfig, **kwargs):
-        return cls(cfg)
-
     @property
     def crop_samples(self) -> int:
         return int(round(self.cfg.crop_seconds * self.cfg.sample_rate))
-
-    @property
-    def source_dictionary(self):
-        return None
-
-    @property
-    def target_dictionary(self):
-        return None
 
     def load_dataset(self, split: str, **kwargs):
         manifest = read_manifest(os.path.join(self.cfg.data, f"{split}.tsv"))
@@ -72,9 +60,3 @@ class CropPretrainingTask(FairseqTask):
             f"{split}: {len(self.datasets[split])} files, {self.cfg.crop_seconds:g} s crops "
             f"({'random' if split == 'train' else 'centre'})"
         )
-
-    def max_positions(self):
-        return sys.maxsize, sys.maxsize
-
-    def filter_indices_by_size(self, indices, *args, **kwargs):
-        return indices  # every item is cropped or padded to crop_seconds

@@ -58,20 +58,12 @@ class WaveformPretrainingConfig(FairseqDataclass):
     seed: int = II("common.seed")  # crops are drawn from (seed, epoch, sample index)
 
 
-@register_task("waveform_pretraining", dataclass=WaveformPretrainingConfig)
-class WaveformPretrainingTask(FairseqTask):
-    cfg: WaveformPretrainingConfig
-
-    def __init__(self, cfg: WaveformPretrainingConfig):
-        super().__init__(cfg)
-        if cfg.labels and cfg.label_rate <= 0:
-            raise ValueError(f"task.labels={list(cfg.labels)} needs task.label_rate > 0 (frames/s)")
-        self.label_dir = cfg.label_dir or cfg.data
-        # Loaded here, not lazily: the model is built from them before any data is read.
-        self.dictionaries = [load_dictionary(self.label_dir, name) for name in cfg.labels]
+class WaveformTask(FairseqTask):
+    """What both of our tasks share: no source/target dictionary (self-supervised), and lengths
+    handled by the dataset's cropping rather than by fairseq's size filter."""
 
     @classmethod
-    def setup_task(cls, cfg: WaveformPretrainingConfig, **kwargs):
+    def setup_task(cls, cfg, **kwargs):
         return cls(cfg)
 
     @property
@@ -81,6 +73,25 @@ class WaveformPretrainingTask(FairseqTask):
     @property
     def target_dictionary(self):
         return None
+
+    def max_positions(self):
+        return sys.maxsize, sys.maxsize
+
+    def filter_indices_by_size(self, indices, *args, **kwargs):
+        return indices  # the dataset crops (and pads) every item to its batch length
+
+
+@register_task("waveform_pretraining", dataclass=WaveformPretrainingConfig)
+class WaveformPretrainingTask(WaveformTask):
+    cfg: WaveformPretrainingConfig
+
+    def __init__(self, cfg: WaveformPretrainingConfig):
+        super().__init__(cfg)
+        if cfg.labels and cfg.label_rate <= 0:
+            raise ValueError(f"task.labels={list(cfg.labels)} needs task.label_rate > 0 (frames/s)")
+        self.label_dir = cfg.label_dir or cfg.data
+        # Loaded here, not lazily: the model is built from them before any data is read.
+        self.dictionaries = [load_dictionary(self.label_dir, name) for name in cfg.labels]
 
     def load_dataset(self, split: str, **kwargs):
         manifest = read_manifest(os.path.join(self.cfg.data, f"{split}.tsv"))
@@ -107,9 +118,3 @@ class WaveformPretrainingTask(FairseqTask):
             seed=self.cfg.seed,
             label_sets=label_sets,
         )
-
-    def max_positions(self):
-        return sys.maxsize, sys.maxsize
-
-    def filter_indices_by_size(self, indices, *args, **kwargs):
-        return indices  # lengths are handled by cropping (min_sample_size, max_sample_size)
