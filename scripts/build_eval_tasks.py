@@ -4,7 +4,7 @@
     python scripts/build_eval_tasks.py OUT_DIR [--small] [--seed 0]
 
 Needs the Debian packages that `make setup-eval` installs (fluidsynth, fluid-soundfont-gm,
-timgm6mb-soundfont, flite). See audio_ssl_ext/downstream/eval_tasks.py for what each task holds
+timgm6mb-soundfont, flite). See audio_ssl_ext/tools/eval_tasks.py for what each task holds
 and how it is split.
 """
 
@@ -12,7 +12,7 @@ import argparse
 import logging
 import time
 
-from audio_ssl_ext.downstream.eval_tasks import build_eval_tasks
+from audio_ssl_ext.tools.eval_tasks import build_eval_tasks
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         if args.reference:
             references, rate = read_label_lines(args.reference, manifest), args.reference_rate
         elif args.demo_corpus:
-            from audio_ssl_ext.data.demo_corpus import read_frame_labels, read_label_info
+            from audio_ssl_ext.tools.demo_corpus import read_frame_labels, read_label_info
 
             by_file = read_frame_labels(args.demo_corpus, args.reference_name)
             references = references_in_manifest_order(by_file, manifest, args.demo_corpus)

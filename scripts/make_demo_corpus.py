@@ -4,7 +4,7 @@
     python scripts/make_demo_corpus.py OUT_DIR [--num-clips 96 --clip-seconds 4 --sample-rate 16000
                                                 --label-rate 50 --seed 0]
 
-The files and label formats are described in audio_ssl_ext/data/demo_corpus.py.
+The files and label formats are described in audio_ssl_ext/tools/demo_corpus.py.
 """
 
 import argparse
@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from audio_ssl_ext.data.demo_corpus import (
+from audio_ssl_ext.tools.demo_corpus import (
     CLIP_LABELS,
     EVENTS,
     FRAME_LABELS,

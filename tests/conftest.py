@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from audio_ssl_ext.data.demo_corpus import make_demo_corpus  # noqa: E402
+from audio_ssl_ext.tools.demo_corpus import make_demo_corpus  # noqa: E402
 from audio_ssl_ext.data.make_manifest import ManifestOptions, build_manifests  # noqa: E402
 
 # Two threads: the size of CI's machine, and tests then do not fight over cores.

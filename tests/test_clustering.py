@@ -18,6 +18,7 @@ from audio_ssl_ext.clustering.quality import (
     cluster_quality,
     cluster_purity,
     entropy_bits,
+    frame_labels_at_rate,
     joint_counts,
     pnmi,
     purity,
@@ -240,6 +241,19 @@ def test_references_are_aligned_by_time_and_mismatched_durations_refused():
     np.testing.assert_array_equal(aligned[0], [10, 10, 20, 20])
     with pytest.raises(LabelError, match=r"clip: 4 labels at 100 Hz .* vs 40 reference labels at 50 Hz"):
         align_references(labels, 100, [np.zeros(40, np.int64)], 50, ["clip"])
+
+
+def test_frame_labels_at_rate_takes_the_label_under_each_frame_centre():
+    labels = np.array([1, 2, 3, 4])  # 50 Hz: frames of 20 ms
+    np.testing.assert_array_equal(
+        frame_labels_at_rate(labels, 50, 100, 8), [1, 1, 2, 2, 3, 3, 4, 4]
+    )
+    np.testing.assert_array_equal(
+        frame_labels_at_rate(labels, 50, 25, 2), [2, 4]
+    )  # centres at 20 and 60 ms
+    np.testing.assert_array_equal(
+        frame_labels_at_rate(labels, 50, 50, 5), [1, 2, 3, 4, 4]
+    )  # overhang
 
 
 def test_label_file_with_more_or_fewer_lines_than_the_manifest_is_refused(tmp_path):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_ssl_ext.data.demo_corpus import (
+from audio_ssl_ext.tools.demo_corpus import (
     CLIP_CLASSES,
     EVENT_TYPES,
     DemoCorpusError,
-    frame_labels_at_rate,
     make_demo_corpus,
     midi_to_hz,
     read_clip_labels,
@@ -273,19 +272,6 @@ def test_readers_name_the_file_and_line_of_bad_labels(corpus, tmp_path):
     with pytest.raises(DemoCorpusError, match="labels.json: not found"):
         read_frame_labels(str(tmp_path), "pitch")
     assert json.load(open(broken / "labels.json"))["frames_per_clip"] == 100
-
-
-def test_frame_labels_at_rate_takes_the_label_under_each_frame_centre():
-    labels = np.array([1, 2, 3, 4])  # 50 Hz: frames of 20 ms
-    np.testing.assert_array_equal(
-        frame_labels_at_rate(labels, 50, 100, 8), [1, 1, 2, 2, 3, 3, 4, 4]
-    )
-    np.testing.assert_array_equal(
-        frame_labels_at_rate(labels, 50, 25, 2), [2, 4]
-    )  # centres at 20 and 60 ms
-    np.testing.assert_array_equal(
-        frame_labels_at_rate(labels, 50, 50, 5), [1, 2, 3, 4, 4]
-    )  # overhang
 
 
 def test_script_writes_a_corpus_and_reports_it(tmp_path, capsys):

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_ssl_ext.downstream import eval_tasks
-from audio_ssl_ext.downstream.eval_tasks import Note, build_eval_tasks, read_hear_task, write_note_midi
+from audio_ssl_ext.downstream.hear_tasks import read_hear_task
+from audio_ssl_ext.tools import eval_tasks
+from audio_ssl_ext.tools.eval_tasks import Note, build_eval_tasks, write_note_midi
 
 
 def require_tools(in_ci):

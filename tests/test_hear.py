@@ -11,8 +11,7 @@ import soxr
 import torch
 
 from audio_ssl_ext import hear
-from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
-from tests.utils import require_kit
+from tests.utils import require_kit, write_untrained_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,7 +87,7 @@ def test_hear_validator_passes(checkpoint, in_ci, tmp_path):
 
 def write_tone_task(out_dir):
     """A 3-class scene task in HEAR's format (tones an octave apart), no Debian packages needed."""
-    from audio_ssl_ext.downstream.eval_tasks import Clip, write_hear_task
+    from audio_ssl_ext.downstream.hear_tasks import Clip, write_hear_task
 
     rng = np.random.default_rng(0)
     splits = {}

@@ -14,8 +14,8 @@ import pytest
 import soxr
 import torch
 
-from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
 from audio_ssl_ext.downstream.load import CheckpointError, load_model
+from tests.utils import write_untrained_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIGS = sorted(

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
-from audio_ssl_ext.downstream.eval_tasks import Clip, write_hear_task
+from audio_ssl_ext.downstream.hear_tasks import Clip, write_hear_task
 from audio_ssl_ext.downstream.probe import (
     ProbeConfig,
     confidence_interval,
@@ -17,6 +16,7 @@ from audio_ssl_ext.downstream.probe import (
     select_layer,
     train_classifier,
 )
+from tests.utils import write_untrained_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,9 +10,8 @@ import sys
 import pytest
 import torch
 
-from audio_ssl_ext.downstream.checkpoints import write_untrained_checkpoint
 from audio_ssl_ext.downstream.s3prl import UpstreamExpert
-from tests.utils import require_kit
+from tests.utils import require_kit, write_untrained_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,7 +106,7 @@ def test_s3prl_runner_trains_speaker_id_over_our_upstream(checkpoint, tmp_path, 
         if in_ci:
             pytest.fail("flite is missing: make setup-eval")
         pytest.skip("flite is missing: make setup-eval")
-    from audio_ssl_ext.downstream.eval_tasks import build_speaker_id_set
+    from tests.speaker_id import build_speaker_id_set
 
     root = tmp_path / "speakers"
     meta = build_speaker_id_set(str(root), utterances_per_voice=8)

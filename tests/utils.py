@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: fairseq-hydra-train as a user runs it, and its logged losses."""
+"""Helpers shared by the tests: fairseq-hydra-train as a user runs it, its logged losses, example
+configs composed in-process, and untrained checkpoints written from them."""
 
 import os
 import re
@@ -42,8 +43,10 @@ def train_losses(log: str) -> List[float]:
 def compose_example_config(learner: str, config_name: str, overrides: Sequence[str] = ()):
     """Compose examples/<learner>/<config_name>.yaml as fairseq-hydra-train does, in-process.
 
-    Returns the resolved DictConfig after fairseq's ``add_defaults`` (the registered dataclass
-    defaults merged in), i.e. what ``fairseq_cli.train.main`` receives.
+    ``learner`` is a folder under examples/, or a path to any config directory. ``overrides`` are
+    hydra's (``task.data=DIR``, ``+variant=NAME``, ``++key=value``). Returns the resolved
+    DictConfig after fairseq's ``add_defaults`` (the registered dataclass defaults merged in), i.e.
+    what ``fairseq_cli.train.main`` receives.
     """
     from fairseq.dataclass.initialize import add_defaults, hydra_init
     from hydra import compose, initialize_config_dir
@@ -52,13 +55,59 @@ def compose_example_config(learner: str, config_name: str, overrides: Sequence[s
 
     import audio_ssl_ext  # noqa: F401  (registers what the config names)
 
+    is_path = os.path.isabs(learner) or os.sep in learner
+    config_dir = os.path.abspath(learner) if is_path else os.path.join(REPO_ROOT, "examples", learner)
+    if not os.path.isfile(os.path.join(config_dir, f"{config_name}.yaml")):
+        raise FileNotFoundError(f"{config_dir}/{config_name}.yaml: config not found")
     GlobalHydra.instance().clear()
     hydra_init(config_name)
-    config_dir = os.path.join(REPO_ROOT, "examples", learner)
     with initialize_config_dir(config_dir=config_dir, version_base="1.1"):  # as fairseq's hydra.main
         cfg = compose(config_name=config_name, overrides=list(overrides))
     add_defaults(cfg)
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
+def write_untrained_checkpoint(
+    config_path: str, out_path: str, seed: int = 0, overrides: Sequence[str] = (), num_label_classes: int = 0
+) -> str:
+    """Build the model of a config file (e.g. examples/music2vec/tiny.yaml) with weights drawn from
+    ``seed`` and save it as fairseq saves a trained one (``cfg`` with ``common``, ``task`` and
+    ``model``, and the ``model`` weights), so ``load_model`` reads both alike: a random-init
+    baseline, and test inputs.
+
+    ``overrides`` are ``key=value`` pairs, set whether or not the config names the key (hydra's
+    ``++``). ``task.data`` and ``task.label_dir``, when the config leaves them to the user, become
+    "unused": building a model does not read them. A HuBERT-style config names label sets whose
+    dictionaries size the model: with ``num_label_classes`` > 0 and no ``task.label_dir`` given,
+    dictionaries of that many classes are written to ``<out_path>.labels/`` and the saved config
+    points there.
+    """
+    import torch
+    from fairseq import tasks
+    from omegaconf import OmegaConf
+
+    config_dir, name = os.path.split(os.path.abspath(config_path))
+    overrides = [o if o.startswith(("+", "~")) else "++" + o for o in overrides]
+    full = compose_example_config(config_dir, os.path.splitext(name)[0], overrides)
+    cfg = OmegaConf.create({"common": full.common, "task": full.task, "model": full.model})
+    cfg.common.user_dir = None
+    for key in ("data", "label_dir"):
+        if key in list(cfg.task.keys()) and OmegaConf.is_missing(cfg.task, key):
+            cfg.task[key] = "unused"
+    labels = list(cfg.task.get("labels") or [])
+    if labels and num_label_classes > 0 and cfg.task.get("label_dir") in (None, "unused"):
+        label_dir = os.path.abspath(out_path) + ".labels"
+        os.makedirs(label_dir, exist_ok=True)
+        for label_name in labels:
+            with open(os.path.join(label_dir, f"dict.{label_name}.txt"), "w") as f:
+                f.writelines(f"{k} 1\n" for k in range(num_label_classes))
+        cfg.task.label_dir = label_dir
+    task = tasks.setup_task(cfg.task)
+    torch.manual_seed(seed)
+    model = task.build_model(cfg.model)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    torch.save({"cfg": OmegaConf.to_container(cfg, enum_to_str=True), "model": model.state_dict(), "args": None}, out_path)
+    return out_path
 
 
 def require_kit(module: str, in_ci: bool, import_it: bool = True) -> None:

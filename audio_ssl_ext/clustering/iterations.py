@@ -216,7 +216,7 @@ def write_quality(cfg: IterationsConfig, directory: str, label_dir: str, label_r
         read_label_lines,
         references_in_manifest_order,
     )
-    from audio_ssl_ext.data.demo_corpus import read_frame_labels, read_label_info
+    from audio_ssl_ext.tools.demo_corpus import read_frame_labels, read_label_info
     from audio_ssl_ext.data.manifest import read_manifest
 
     manifest = read_manifest(os.path.join(cfg.manifest_dir, "train.tsv"))

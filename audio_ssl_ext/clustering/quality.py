@@ -21,7 +21,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from audio_ssl_ext.data.demo_corpus import frame_labels_at_rate
 from audio_ssl_ext.data.labels import LabelError
 from audio_ssl_ext.data.manifest import Manifest
 
@@ -141,6 +140,20 @@ def read_label_lines(path: str, manifest: Optional[Manifest] = None) -> List[np.
             f"{path}: {len(sequences)} lines, but the manifest {manifest.path} has {len(manifest)} entries"
         )
     return sequences
+
+
+def frame_labels_at_rate(
+    labels: np.ndarray, label_rate: float, frame_rate: float, num_frames: int
+) -> np.ndarray:
+    """Labels for ``num_frames`` frames at ``frame_rate``: the label frame holding each frame's centre.
+
+    Frame j at ``frame_rate`` is taken to span [j, j + 1) / frame_rate seconds; centres past
+    the last label take the last label (a model's last frame may overhang the labelled part).
+    """
+    # (j + 0.5) / frame_rate * label_rate, ordered so that integer rates divide exactly.
+    index = ((2 * np.arange(num_frames) + 1) * label_rate / (2 * frame_rate)).astype(np.int64)
+    index = np.minimum(index, len(labels) - 1)
+    return labels[index]
 
 
 def align_references(

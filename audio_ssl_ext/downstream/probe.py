@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from audio_ssl_ext.downstream.eval_tasks import SAMPLE_RATE, read_hear_task
+from audio_ssl_ext.downstream.hear_tasks import SAMPLE_RATE, read_hear_task
 
 logger = logging.getLogger(__name__)
 

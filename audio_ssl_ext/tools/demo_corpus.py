@@ -42,7 +42,9 @@ relative path that ``scripts/make_manifest.py`` writes for a manifest over the d
   empty otherwise. For inspection and event-detection use.
 
 Read them back with ``read_clip_labels``, ``read_frame_labels`` and ``read_label_info``;
-``frame_labels_at_rate`` maps frame labels onto a model's frame rate.
+``audio_ssl_ext.clustering.quality.frame_labels_at_rate`` maps frame labels onto a model's frame
+rate. Tooling (``scripts/make_demo_corpus.py``, ``make demo``, the tests), not imported by the
+core package.
 """
 
 import json
@@ -823,16 +825,3 @@ def read_frame_labels(corpus_dir: str, name: str = "pitch") -> Dict[str, np.ndar
         labels[fields[0]] = values
     return labels
 
-
-def frame_labels_at_rate(
-    labels: np.ndarray, label_rate: float, frame_rate: float, num_frames: int
-) -> np.ndarray:
-    """Labels for ``num_frames`` frames at ``frame_rate``: the label frame holding each frame's centre.
-
-    Frame j at ``frame_rate`` is taken to span [j, j + 1) / frame_rate seconds; centres past
-    the last label take the last label (a model's last frame may overhang the labelled part).
-    """
-    # (j + 0.5) / frame_rate * label_rate, ordered so that integer rates divide exactly.
-    index = ((2 * np.arange(num_frames) + 1) * label_rate / (2 * frame_rate)).astype(np.int64)
-    index = np.minimum(index, len(labels) - 1)
-    return labels[index]

@@ -14,17 +14,17 @@ classifier never saw (a random split within one source overstates accuracy badly
 
 Rendering is one process per split and source (one MIDI file per soundfont and split, one flite
 session per voice and setting), then sliced: loading a soundfont per clip would cost a second per
-clip. Folder layout (HEAR 2021, read by heareval and by ``scripts/probe.py``)::
+clip. Each task is a folder in HEAR 2021's format (``audio_ssl_ext/downstream/hear_tasks.py``),
+read by heareval and by ``scripts/probe.py``::
 
     OUT/<task>/task_metadata.json  labelvocabulary.csv  {train,valid,test}.json
     OUT/<task>/16000/{train,valid,test}/*.wav
+
+Tooling (``scripts/build_eval_tasks.py``, ``make eval``, the tests), not imported by the core package.
 """
 
-import csv
-import json
 import logging
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -35,10 +35,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 
+from audio_ssl_ext.downstream.hear_tasks import SAMPLE_RATE, SPLITS, Clip, write_hear_task
+
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
-SPLITS = ("train", "valid", "test")
 SOUNDFONT_DIR = "/usr/share/sounds/sf2"
 TRAIN_SOUNDFONT = "FluidR3_GM.sf2"  # fluid-soundfont-gm
 TEST_SOUNDFONT = "TimGM6mb.sf2"  # timgm6mb-soundfont
@@ -66,77 +66,6 @@ SPEAKING_RATES = (0.8, 1.0, 1.25)  # flite's duration_stretch
 
 class EvalTaskError(RuntimeError):
     """A tool or a resource the tasks need is missing, or its output is not what it should be."""
-
-
-@dataclass
-class Clip:
-    name: str  # file name inside the split folder
-    label: str
-    audio: np.ndarray  # float32 mono at SAMPLE_RATE
-
-
-# ---------------------------------------------------------------------------------------------
-# HEAR's on-disk format
-# ---------------------------------------------------------------------------------------------
-
-
-def write_hear_task(out_dir: str, task_name: str, splits: Dict[str, List[Clip]], clip_seconds: float) -> str:
-    """Write one task folder; returns its path. Labels are sorted into labelvocabulary.csv."""
-    task_dir = os.path.join(out_dir, task_name)
-    if os.path.isdir(task_dir):
-        shutil.rmtree(task_dir)
-    labels = sorted({clip.label for clips in splits.values() for clip in clips}, key=_natural_key)
-    for split, clips in splits.items():
-        audio_dir = os.path.join(task_dir, str(SAMPLE_RATE), split)
-        os.makedirs(audio_dir)
-        for clip in clips:
-            sf.write(os.path.join(audio_dir, clip.name), clip.audio, SAMPLE_RATE, subtype="PCM_16")
-        with open(os.path.join(task_dir, f"{split}.json"), "w") as f:
-            json.dump({clip.name: [clip.label] for clip in clips}, f, indent=1)
-    with open(os.path.join(task_dir, "labelvocabulary.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["idx", "label"])
-        writer.writerows(enumerate(labels))
-    metadata = {
-        "task_name": task_name,
-        "version": "audio_ssl_ext-1",
-        "embedding_type": "scene",
-        "prediction_type": "multiclass",
-        "split_mode": "trainvaltest",
-        "splits": list(splits),
-        "sample_duration": clip_seconds,
-        "evaluation": ["top1_acc"],
-        "sample_rates": [SAMPLE_RATE],
-        "num_examples": {split: len(clips) for split, clips in splits.items()},
-    }
-    with open(os.path.join(task_dir, "task_metadata.json"), "w") as f:
-        json.dump(metadata, f, indent=1)
-    return task_dir
-
-
-def read_hear_task(task_dir: str, split: str, sample_rate: int = SAMPLE_RATE):
-    """(file paths, label indices, label names) of one split of a HEAR scene task."""
-    with open(os.path.join(task_dir, "task_metadata.json")) as f:
-        metadata = json.load(f)
-    if metadata.get("embedding_type") != "scene" or metadata.get("prediction_type") != "multiclass":
-        raise EvalTaskError(f"{task_dir}: only scene-level multiclass tasks are supported")
-    with open(os.path.join(task_dir, "labelvocabulary.csv")) as f:
-        rows = list(csv.DictReader(f))
-    names = [row["label"] for row in sorted(rows, key=lambda r: int(r["idx"]))]
-    index = {name: i for i, name in enumerate(names)}
-    with open(os.path.join(task_dir, f"{split}.json")) as f:
-        split_labels = json.load(f)
-    paths, targets = [], []
-    for name, labels in split_labels.items():
-        if len(labels) != 1 or labels[0] not in index:
-            raise EvalTaskError(f"{task_dir}/{split}.json: {name} has labels {labels}, expected one from the vocabulary")
-        paths.append(os.path.join(task_dir, str(sample_rate), split, name))
-        targets.append(index[labels[0]])
-    return paths, np.array(targets), names
-
-
-def _natural_key(text: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,39 +262,3 @@ def build_eval_tasks(out_dir: str, small: bool = False, seed: int = 0) -> List[s
         tasks.append(build_digit_task(out_dir, seed=seed))
     return tasks
 
-
-# ---------------------------------------------------------------------------------------------
-# A small speaker-ID set in s3prl's voxceleb1 layout (for testing the s3prl bridge end to end)
-# ---------------------------------------------------------------------------------------------
-
-SPEAKER_VOICES = ("kal16", "awb", "rms", "slt")
-
-
-def build_speaker_id_set(root: str, utterances_per_voice: int = 12, seed: int = 0) -> str:
-    """Utterances of four-digit strings by flite's four voices, in the layout s3prl's voxceleb1
-    downstream reads: ``ROOT/{dev,test}/wav/id1000N/flite/NNNNN.wav`` and ``ROOT/meta.txt`` with
-    lines ``SPLIT id1000N/flite/NNNNN.wav`` (1 train, 2 dev, 3 test). Speaker ID is closed-set:
-    every speaker appears in every split; per voice, two utterances go to dev and two to test.
-    Returns the meta file's path."""
-    rng = np.random.default_rng(seed)
-    if os.path.isdir(root):
-        shutil.rmtree(root)
-    lines = []
-    for n, voice in enumerate(SPEAKER_VOICES):
-        speaker = f"id{10001 + n}"
-        sentences = [" ".join(DIGITS[i] for i in rng.integers(0, 10, size=4)) for _ in range(utterances_per_voice)]
-        half = utterances_per_voice // 2
-        spans = []
-        for rate, batch in ((1.0, sentences[:half]), (1.2, sentences[half:])):
-            audio, cuts = flite_session(batch, voice, rate, VOICE_F0[voice][1])
-            spans += [audio[round(a * SAMPLE_RATE) : round(b * SAMPLE_RATE)] for a, b in cuts]
-        for k, utterance in enumerate(spans):
-            split = 2 if k in (0, half) else 3 if k in (1, half + 1) else 1
-            folder = os.path.join(root, "test" if split == 3 else "dev", "wav", speaker, "flite")
-            os.makedirs(folder, exist_ok=True)
-            sf.write(os.path.join(folder, f"{k:05d}.wav"), utterance, SAMPLE_RATE, subtype="PCM_16")
-            lines.append(f"{split} {speaker}/flite/{k:05d}.wav")
-    meta = os.path.join(root, "meta.txt")
-    with open(meta, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return meta
