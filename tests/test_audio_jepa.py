@@ -131,8 +131,9 @@ def test_the_paper_durations_are_two_overrides(seconds, frames, grid):
     "variant,setting",
     [("multi_block", ("masking", "multi_block")), ("time", ("masking", "time")), ("latent", ("target_domain", "latent"))],
 )
-def test_variant_configs_differ_from_base_only_in_their_setting(variant, setting):
-    # (test_example_configs.py composes every config; here the files themselves are compared)
+def test_variant_overlays_differ_from_base_only_in_their_setting(variant, setting):
+    # examples/audiojepa/variant/<variant>.yaml composed as a user runs it: --config-name base +variant=...
+    # (test_example_configs.py checks every overlay on base and tiny; here the Audio-JEPA meaning)
     def flat(node, prefix=""):
         items = {}
         for key, value in node.items():
@@ -142,15 +143,17 @@ def test_variant_configs_differ_from_base_only_in_their_setting(variant, setting
                 items[f"{prefix}{key}"] = value
         return items
 
-    def load(name):
-        path = os.path.join(REPO_ROOT, "examples", "audiojepa", f"{name}.yaml")
-        return flat(OmegaConf.to_container(OmegaConf.load(path), resolve=False))
+    def compose(*overrides):
+        cfg = compose_example_config("audiojepa", "base", ["task.data=/nonexistent", *overrides])
+        return flat(OmegaConf.to_container(cfg))
 
-    base, other = load("base"), load(variant)
+    base, other = compose(), compose(f"+variant={variant}")
     differences = {k for k in base.keys() | other.keys() if base.get(k) != other.get(k)}
     assert differences == {f"model.{setting[0]}", "checkpoint.save_dir", "common.tensorboard_logdir"}
     assert other[f"model.{setting[0]}"] == setting[1]
+    # its own run folder: a variant never resumes the base run's checkpoint_last.pt
     assert other["checkpoint.save_dir"] == f"runs/audiojepa_{variant}/checkpoints"
+    assert other["common.user_dir"] == "audio_ssl_ext" and other["optimization.max_update"] == 297600
 
 
 def test_a_multi_block_setting_that_cannot_work_fails_when_the_model_is_built():
@@ -303,7 +306,7 @@ def test_masks_depend_on_seed_update_and_sample_id_only():
 def test_extract_features_gives_every_layer_per_time_step_in_training_crop_chunks():
     model = tiny_model().eval()
     model.remove_pretraining_modules()
-    assert model.feature_rate == 100 / 16
+    assert model.frame_rate == 100 / 16
     source = synthetic_batch(2, samples=5 * SAMPLE_RATE)
     padding = torch.zeros_like(source, dtype=torch.bool)
     padding[1, 3 * SAMPLE_RATE :] = True
@@ -345,3 +348,25 @@ def test_fairseq_hydra_train_tiny_lowers_the_loss_on_the_demo_corpus(demo_manife
     assert len(losses) == 20
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
     assert os.path.isfile(tmp_path / "run" / "checkpoints" / "checkpoint_last.pt")
+
+
+@pytest.mark.smoke
+def test_fairseq_hydra_train_tiny_with_a_variant_overlay(demo_manifest_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _, losses = run_fairseq_hydra_train(
+        os.path.join(REPO_ROOT, "examples", "audiojepa"),
+        "tiny",
+        [
+            "+variant=time",
+            f"common.user_dir={os.path.join(REPO_ROOT, 'audio_ssl_ext')}",
+            f"task.data={demo_manifest_dir}",
+            "checkpoint.save_dir=run/checkpoints",  # the overlay names the base run's folder
+            "common.tensorboard_logdir=run/tb",
+            "optimization.max_update=3",
+        ],
+        cwd=str(tmp_path),
+    )
+    assert len(losses) == 3
+    log = (tmp_path / "run" / "checkpoints" / "hydra_train.log").read_text()
+    # tiny's model with the overlay's masking (an enum: logged without quotes)
+    assert "'masking': time," in log and "'encoder_embed_dim': 64," in log
