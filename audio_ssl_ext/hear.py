@@ -69,8 +69,8 @@ def load_model(model_file_path: str = "", layer: Union[int, str] = "last", devic
 
 def frame_times_ms(model: HearModel, num_frames: int, batch: int) -> torch.Tensor:
     """(batch, num_frames) centre of each frame in ms: regular, and never past the audio's end."""
-    adapter = model.model.adapter
-    times = adapter.first_frame_seconds + torch.arange(num_frames, dtype=torch.float64) / adapter.frame_rate
+    features = model.model
+    times = features.first_frame_seconds + torch.arange(num_frames, dtype=torch.float64) / features.frame_rate
     return (times * 1000.0).float()[None].expand(batch, -1).contiguous()
 
 

@@ -5,6 +5,7 @@ as a trained fairseq checkpoint's cfg/model entries), so every learner that ship
 is covered as soon as it lands.
 """
 
+import dataclasses
 import glob
 import os
 import shutil
@@ -100,7 +101,7 @@ def test_long_waveform_input_in_chunks_keeps_the_one_pass_frame_grid(tmp_path):
     path = write_untrained_checkpoint(os.path.join(REPO, "examples/wav2vec2/tiny.yaml"), str(tmp_path / "w.pt"))
     whole = load_model(path, chunk_seconds=100.0)
     chunked = load_model(path, chunk_seconds=0.5)  # 25 frames = 8000 samples per chunk
-    hop, overlap = chunked.adapter.chunk_hop_samples, chunked.adapter.chunk_overlap_samples
+    hop, overlap = chunked.chunk_hop_samples, chunked.chunk_overlap_samples
     assert (hop, overlap) == (8000, 400 - 320)
     for num_samples in (8000 * 3 + 80 + 319, 8000 * 3 + 400, 55555):  # tail without / with a frame
         wav = noise(1, num_samples, seed=3)
@@ -130,14 +131,14 @@ def test_group_norm_extractor_runs_per_utterance(tmp_path):
     )
     path = write_untrained_checkpoint(str(config), str(tmp_path / "hubert.pt"))
     model = load_model(path)
-    assert model.adapter.per_utterance_extractor
+    assert model.model.framing.group_norm_extractor
     wavs, lengths = noise(2, 30000, seed=5), torch.tensor([30000, 9000])
     alone = model.extract_features(wavs[1:, :9000]).hidden_states[0][0]
     batched = model.extract_features(wavs, lengths).hidden_states[0][1, : alone.size(0)]
     torch.testing.assert_close(batched, alone, atol=1e-4, rtol=1e-4)
     # What the per-utterance path avoids: the same extractor run over the padded batch.
-    model.adapter.per_utterance_extractor = False
-    leaky = model.adapter.hidden_states(wavs, lengths)[0][1, : alone.size(0)]
+    model.model.framing = dataclasses.replace(model.model.framing, group_norm_extractor=False)
+    leaky = model.model.hidden_states(wavs, lengths)[0][1, : alone.size(0)]
     assert (leaky - alone).abs().max() > 1e-2
 
     # The label dictionaries moved: a clear error, and the override that fixes it.

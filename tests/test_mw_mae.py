@@ -253,7 +253,7 @@ def test_features_are_chunks_concatenated_in_time():
         x = features["x"]
         assert x.shape == (2, 63, 5 * 32)  # ceil(251 / 4) steps of (5 frequency patches x 32)
         assert len(features["layer_results"]) == 1 and features["layer_results"][0] is x
-        assert model.feature_rate == 25.0
+        assert model.frame_rate == 25.0
 
         # By hand: the whole clip standardized once, then each 100-frame chunk on its own.
         spec, _ = model.frontend.spectrogram(audio)

@@ -4,39 +4,33 @@
 loads the weights and wraps it in a ``DownstreamModel``: eval mode, no gradients, and one call,
 
     features = model.extract_features(wavs, lengths)          # (B, S) float, (B,) samples
-    features.hidden_states   # list of (B, T, D): the encoder's input and every layer's output
+    features.hidden_states   # list of (B, T, D), one per layer
     features.lengths         # (B,) real frames per item
     features.frame_rate      # Hz
     features.sample_rate     # Hz of the input the model expects (``wavs`` may come at another
                              # rate with ``sample_rate=``; they are resampled inside)
 
-What differs between learners sits in a small ``ModelAdapter`` per family (s3prl's principle: the
-wrapper is thin, the model knows itself):
-
-- the fairseq waveform family (wav2vec 2.0, HuBERT, data2vec, music2vec, musicHuBERT): a conv
-  feature extractor, a layer norm, a projection and fairseq's TransformerEncoder. Hidden states
-  are the encoder's input (after the positional convs) and each layer's output, s3prl's
-  convention for these models. Frames are those the conv stack computes from real samples only;
-  padded frames are masked out of attention, and a group-norm ("default") extractor, whose
-  statistics span the whole input, padding included, runs per utterance. Padded and unpadded
-  inputs so give the same features for the real frames.
-- a model class may register its own adapter with ``register_adapter(model_name)``.
-
-Long recordings are cut into chunks (``chunk_seconds``), each computed on its own and
-concatenated; for the conv family the chunks overlap by the receptive field minus one hop, so the
-frames are exactly those of one pass over the whole input, only the attention context is bounded.
+It knows no learner by name: every learner of this package implements the feature interface of
+``modules/learner.py`` (the model knows itself, s3prl's principle). Foreign fairseq checkpoints
+(wav2vec 2.0, HuBERT, data2vec) go through one generic adapter, ``FairseqWaveformModel``.
+What the wrapper adds: batching with padding only where padding leaves the real frames
+unchanged, inputs shorter than one frame, resampling, and long inputs cut where the model asks
+(``feature_chunking``).
 """
 
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures, receptive_field_and_stride
+from audio_ssl_ext.modules.learner import Learner
 
 logger = logging.getLogger(__name__)
 
@@ -53,247 +47,68 @@ class HiddenStates:
     sample_rate: int  # the rate the model computes at
 
 
-# ---------------------------------------------------------------------------------------------
-# Adapters: what one family of models needs to give hidden states
-# ---------------------------------------------------------------------------------------------
-
-
-class ModelAdapter:
-    """Family knowledge: how to run ``model`` for hidden states, and its frame arithmetic.
-
-    Subclasses set ``sample_rate``, ``frame_rate``, ``num_layers`` (hidden states returned),
-    ``hidden_dim``, and implement ``num_frames`` and ``hidden_states``. Chunking: the wrapper cuts
-    inputs longer than ``chunk_hop_samples + chunk_overlap_samples`` into pieces that start every
-    ``chunk_hop_samples`` and are ``chunk_overlap_samples`` longer, each giving
-    ``num_frames(chunk_hop_samples + chunk_overlap_samples)`` frames.
-    """
-
-    sample_rate: int
-    frame_rate: float
-    num_layers: int
-    hidden_dim: int
-    chunk_hop_samples: int
-    chunk_overlap_samples: int = 0
-    first_frame_seconds: float = 0.0  # centre of frame 0; frame j is 1/frame_rate later
+class FairseqWaveformModel(ConvTransformerFeatures, nn.Module):
+    """The feature interface over a foreign fairseq waveform model (wav2vec 2.0, HuBERT,
+    data2vec): its conv extractor, layer norm, projection and encoder, run as the learners of this
+    package run theirs. ``self_check`` compares the last hidden state with the model's own
+    ``extract_features`` at load time, so a model whose pipeline differs fails loudly instead of
+    giving wrong features."""
 
     def __init__(self, model: nn.Module, cfg):
-        self.model = model
-        self.cfg = cfg
-
-    def num_frames(self, num_samples: int) -> int:
-        raise NotImplementedError
-
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
-        """(B, S) waveforms at ``sample_rate`` with (B,) real lengths -> list of (B, T, D)."""
-        raise NotImplementedError
-
-    def self_check(self) -> None:
-        """Compare with the model's own forward on a short input; raise if the adapter is wrong."""
-
-
-_ADAPTERS: Dict[str, Callable[[nn.Module, object], ModelAdapter]] = {}
-
-
-def register_adapter(model_name: str):
-    """Decorator: ``@register_adapter("my_model") class MyAdapter(ModelAdapter): ...``."""
-
-    def wrap(cls):
-        _ADAPTERS[model_name] = cls
-        return cls
-
-    return wrap
-
-
-def parse_conv_layers(spec: str) -> List[Tuple[int, int, int]]:
-    layers = eval(spec)  # fairseq's own format, e.g. "[(512, 10, 5)] + [(512, 3, 2)] * 4"
-    return [tuple(int(v) for v in layer) for layer in layers]
-
-
-def conv_receptive_field_and_stride(conv_layers: Sequence[Tuple[int, int, int]]) -> Tuple[int, int]:
-    """Samples one frame sees, and samples between frames, of a stack of (dim, kernel, stride)."""
-    field, stride = 1, 1
-    for _, kernel, layer_stride in conv_layers:
-        field += (kernel - 1) * stride
-        stride *= layer_stride
-    return field, stride
-
-
-def conv_num_frames(num_samples: int, conv_layers: Sequence[Tuple[int, int, int]]) -> int:
-    """Frames of an unpadded 'valid' conv stack (0 when the input is shorter than one frame)."""
-    length = num_samples
-    for _, kernel, stride in conv_layers:
-        length = (length - kernel) // stride + 1
-        if length <= 0:
-            return 0
-    return length
-
-
-class FairseqWaveformAdapter(ModelAdapter):
-    """wav2vec 2.0 / HuBERT / data2vec / music2vec: conv extractor -> layer norm -> projection
-    -> fairseq TransformerEncoder. Runs the model's own submodules; ``self_check`` compares the
-    last hidden state with the model's ``extract_features`` at load time, so a model whose
-    pipeline differs fails loudly instead of giving wrong features."""
-
-    # Attention is quadratic in time; 30 s (1500 frames at 50 Hz) keeps a base model under a few
-    # GB and is longer than the crops these models are trained on.
-    default_chunk_seconds = 30.0
-
-    def __init__(self, model: nn.Module, cfg, chunk_seconds: Optional[float] = None):
-        super().__init__(model, cfg)
+        super().__init__()
         for name in ("feature_extractor", "layer_norm", "encoder"):
             if not hasattr(model, name):
                 raise CheckpointError(
-                    f"model {cfg.model._name!r} has no {name!r}: it is not a fairseq waveform model; "
-                    f"register a ModelAdapter for it with audio_ssl_ext.downstream.load.register_adapter"
+                    f"model {cfg.model._name!r} has no {name!r} and does not implement the feature interface "
+                    f"of audio_ssl_ext.modules.learner.Learner: it cannot give hidden states"
                 )
-        self.conv_layers = parse_conv_layers(cfg.model.conv_feature_layers)
-        self.receptive_field, self.stride = conv_receptive_field_and_stride(self.conv_layers)
-        self.sample_rate = int(cfg.task.get("sample_rate", 16000))
-        self.frame_rate = self.sample_rate / self.stride
-        self.normalize = bool(cfg.task.get("normalize", False))
-        self.per_utterance_extractor = cfg.model.get("extractor_mode", "default") == "default"
-        self.layer_norm_first = bool(cfg.model.get("layer_norm_first", False))
-        self.num_layers = len(model.encoder.layers) + 1
-        self.hidden_dim = int(cfg.model.encoder_embed_dim)
-        chunk_seconds = self.default_chunk_seconds if chunk_seconds is None else chunk_seconds
-        self.chunk_hop_samples = max(1, round(chunk_seconds * self.frame_rate)) * self.stride
-        self.chunk_overlap_samples = self.receptive_field - self.stride
-        self.first_frame_seconds = self.receptive_field / 2 / self.sample_rate
+        self.model = model
+        self.framing = ConvFraming.from_configs(cfg.model, cfg.task)
+        self.name = cfg.model._name
 
-    def num_frames(self, num_samples: int) -> int:
-        return conv_num_frames(num_samples, self.conv_layers)
-
-    def _normalize(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # The task's `normalize`: zero mean, unit variance per utterance (fairseq's F.layer_norm
-        # over the waveform), over the real samples only.
-        out = torch.zeros_like(source)
-        for i, n in enumerate(lengths.tolist()):
-            out[i, :n] = F.layer_norm(source[i, :n], (n,))
-        return out
-
-    def conv_features(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, S) -> (B, T, C) conv features, T = frames of the longest item."""
-        if not self.per_utterance_extractor or bool((lengths == source.size(1)).all()):
-            return self.model.feature_extractor(source).transpose(1, 2)
-        # GroupNorm over time would mix padding into every real frame: one utterance at a time.
-        frames = [self.num_frames(n) for n in lengths.tolist()]
-        out = None
-        for i, n in enumerate(lengths.tolist()):
-            f = self.model.feature_extractor(source[i : i + 1, :n]).transpose(1, 2)
-            if out is None:
-                out = f.new_zeros(source.size(0), max(frames), f.size(-1))
-            out[i, : f.size(1)] = f[0]
-        return out
-
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
-        if self.normalize:
-            source = self._normalize(source, lengths)
-        features = self.model.layer_norm(self.conv_features(source, lengths))
-        if getattr(self.model, "post_extract_proj", None) is not None:
-            features = self.model.post_extract_proj(features)
-        frames = torch.tensor([self.num_frames(n) for n in lengths.tolist()], device=source.device)
-        padding_mask = torch.arange(features.size(1), device=source.device)[None, :] >= frames[:, None]
-
-        captured = []  # the first layer's input (T, B, C): the encoder's input after pos_conv
-
-        def keep_input(_module, args, kwargs):
-            captured.append(args[0] if args else kwargs["x"])
-
-        hook = self.model.encoder.layers[0].register_forward_pre_hook(keep_input, with_kwargs=True)
-        try:
-            x, layer_results = self.model.encoder.extract_features(
-                features, padding_mask=padding_mask if padding_mask.any() else None
-            )
-        finally:
-            hook.remove()
-        num_frames = features.size(1)
-        states = [captured[0].transpose(0, 1)[:, :num_frames]]
-        states += [result[0].transpose(0, 1)[:, :num_frames] for result in layer_results]
-        if self.layer_norm_first:
-            states[-1] = x  # pre-LN models: the encoder's final layer norm belongs to the last layer
-        return [s.masked_fill(padding_mask[..., None], 0.0) for s in states]
+    feature_extractor = property(lambda self: self.model.feature_extractor)
+    layer_norm = property(lambda self: self.model.layer_norm)
+    post_extract_proj = property(lambda self: getattr(self.model, "post_extract_proj", None))
+    encoder = property(lambda self: self.model.encoder)
 
     @torch.no_grad()
     def self_check(self) -> None:
-        num_samples = self.receptive_field + 24 * self.stride
+        field, stride = receptive_field_and_stride(self.framing.conv_layers)
+        num_samples = field + 24 * stride
         source = torch.randn(1, num_samples, generator=torch.Generator().manual_seed(0)) * 0.1
-        device = next(self.model.parameters()).device
-        source = source.to(device)
-        lengths = torch.tensor([num_samples], device=device)
+        source = source.to(next(self.model.parameters()).device)
+        lengths = torch.tensor([num_samples], device=source.device)
         ours = self.hidden_states(source, lengths)[-1]
-        if self.normalize:
-            source = self._normalize(source, lengths)
+        if self.framing.normalize:
+            source = self.normalize_waveform(source, lengths)
         theirs = self.model.extract_features(source, padding_mask=None, mask=False)
         theirs = theirs["x"] if isinstance(theirs, dict) else theirs[0]
         if ours.shape != theirs.shape or not torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4):
             raise CheckpointError(
-                f"model {self.cfg.model._name!r}: the fairseq waveform adapter does not reproduce the "
-                f"model's own extract_features (shapes {tuple(ours.shape)} vs {tuple(theirs.shape)}); "
-                f"register a ModelAdapter for it"
+                f"model {self.name!r}: the fairseq waveform adapter does not reproduce the model's own "
+                f"extract_features (shapes {tuple(ours.shape)} vs {tuple(theirs.shape)}); implement the "
+                f"feature interface of audio_ssl_ext.modules.learner.Learner in the model"
             )
-
-
-class PatchEncoderAdapter(ModelAdapter):
-    """MW-MAE / MAE (and learners with the same feature API): the model's own
-    ``extract_features(source, padding_mask)`` cuts the clip into training-crop chunks, encodes
-    each without masking and returns one (B, T, D) per encoder block, D = frequency patches x
-    width, at ``model.feature_rate``. The model chunks, so the wrapper does not."""
-
-    def __init__(self, model: nn.Module, cfg, chunk_seconds: Optional[float] = None):
-        super().__init__(model, cfg)
-        if chunk_seconds is not None:
-            raise ValueError(
-                f"model {cfg.model._name!r} computes in chunks of its training crop "
-                f"({model.cfg.input_frames} frames); chunk_seconds does not apply"
-            )
-        self.sample_rate = int(model.cfg.sample_rate)
-        self.frame_rate = float(model.feature_rate)
-        self.hop = int(model.frontend.logmel.hop_length)
-        self.patch_time = int(model.cfg.patch_time)
-        self.num_layers = int(model.cfg.encoder_layers)
-        self.hidden_dim = int(model.cfg.encoder_embed_dim) * (int(model.cfg.n_mels) // int(model.cfg.patch_freq))
-        self.chunk_hop_samples = 1 << 62  # never cut by the wrapper
-        self.chunk_overlap_samples = 0
-        # An output step groups patch_time centred frames; it is stamped with its first frame's
-        # centre, so the last stamp never lies past the end of the audio.
-        self.first_frame_seconds = 0.0
-
-    def num_frames(self, num_samples: int) -> int:
-        # Centred spectrogram frames (1 + samples // hop), grouped patch_time to an output step.
-        return -(-(1 + num_samples // self.hop) // self.patch_time) if num_samples > 0 else 0
-
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
-        padding_mask = torch.arange(source.size(1), device=source.device)[None, :] >= lengths[:, None]
-        out = self.model.extract_features(source, padding_mask if padding_mask.any() else None)
-        frame_padding = out["padding_mask"]
-        return [h.masked_fill(frame_padding[..., None], 0.0) for h in out["layer_results"]]
-
-
-for _name in ("mw_mae", "audio_mae", "audio_jepa"):
-    register_adapter(_name)(PatchEncoderAdapter)
-
-
-# ---------------------------------------------------------------------------------------------
-# The wrapper
-# ---------------------------------------------------------------------------------------------
 
 
 class DownstreamModel(nn.Module):
     """A trained model as a frozen feature extractor (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, adapter: ModelAdapter, name: str, checkpoint: Optional[str]):
+    def __init__(self, model: Learner, name: str, checkpoint: Optional[str], chunk_seconds: Optional[float] = None):
+        """``model`` implements the feature interface (``modules/learner.py``)."""
         super().__init__()
         self.model = model.eval()
-        self.adapter = adapter
         self.name = name
         self.checkpoint = checkpoint
-        self.sample_rate = adapter.sample_rate
-        self.frame_rate = adapter.frame_rate
-        self.num_layers = adapter.num_layers
-        self.hidden_dim = adapter.hidden_dim
+        self.sample_rate = int(model.sample_rate)
+        self.frame_rate = float(model.frame_rate)
+        self.first_frame_seconds = float(model.first_frame_seconds)
+        chunking = model.feature_chunking(chunk_seconds)
+        # Inputs longer than hop + overlap are cut (none when the model takes any length).
+        self.chunk_hop_samples, self.chunk_overlap_samples = chunking if chunking is not None else (1 << 62, 0)
         self.eval()
         self.min_samples = self._min_samples()
-        self.batch_with_padding = self._padding_is_exact()
+        self.num_layers, self.hidden_dim, self.batch_with_padding = self._inspect()
 
     def train(self, mode: bool = True):
         # A feature extractor: dropout and layer drop stay off whatever the caller does.
@@ -307,18 +122,18 @@ class DownstreamModel(nn.Module):
         """Frames that ``extract_features`` returns for ``num_samples`` at ``sample_rate``."""
         if sample_rate is not None and sample_rate != self.sample_rate:
             num_samples = resampled_length(num_samples, sample_rate, self.sample_rate)
-        if num_samples <= self.adapter.chunk_hop_samples + self.adapter.chunk_overlap_samples:
-            return max(1, self.adapter.num_frames(num_samples))
-        return sum(self.adapter.num_frames(length) for _, length in self._chunks(num_samples))
+        if num_samples <= self.chunk_hop_samples + self.chunk_overlap_samples:
+            return max(1, self.model.num_frames(num_samples))
+        return sum(self.model.num_frames(length) for _, length in self._chunks(num_samples))
 
     def _chunks(self, num_samples: int) -> List[Tuple[int, int]]:
         """(start, length) of the pieces of a long input. A tail too short for a frame of its
         own is left out: one pass over the whole input would not give it a frame either."""
-        hop, overlap = self.adapter.chunk_hop_samples, self.adapter.chunk_overlap_samples
+        hop, overlap = self.chunk_hop_samples, self.chunk_overlap_samples
         chunks = []
         for start in range(0, num_samples, hop):
             length = min(hop + overlap, num_samples - start)
-            if self.adapter.num_frames(length) >= 1:
+            if self.model.num_frames(length) >= 1:
                 chunks.append((start, length))
             if start + length >= num_samples:
                 break
@@ -345,14 +160,14 @@ class DownstreamModel(nn.Module):
         items = [F.pad(w, (0, min_samples - w.numel())) if w.numel() < min_samples else w for w in items]
         device = self.device
         items = [w.to(device=device, dtype=torch.float32) for w in items]
-        long_input = max(w.numel() for w in items) > self.adapter.chunk_hop_samples + self.adapter.chunk_overlap_samples
+        long_input = max(w.numel() for w in items) > self.chunk_hop_samples + self.chunk_overlap_samples
         if long_input:
             per_item = [self._one_long(w) for w in items]
         elif self.batch_with_padding:
             source, item_lengths = pad_batch(items)
             return HiddenStates(
-                [s.float() for s in self.adapter.hidden_states(source, item_lengths)],
-                torch.tensor([self.adapter.num_frames(n) for n in item_lengths.tolist()]),
+                [s.float() for s in self.model.hidden_states(source, item_lengths)],
+                torch.tensor([self.model.num_frames(n) for n in item_lengths.tolist()]),
                 self.frame_rate,
                 self.sample_rate,
             )
@@ -369,43 +184,44 @@ class DownstreamModel(nn.Module):
         for length, indices in groups.items():
             source = torch.stack([items[i] for i in indices])
             lengths = torch.full((len(indices),), length, device=source.device)
-            states = self.adapter.hidden_states(source, lengths)
+            states = self.model.hidden_states(source, lengths)
             for row, i in enumerate(indices):
                 per_item[i] = [s[row].float() for s in states]
         return per_item
 
     @torch.no_grad()
-    def _padding_is_exact(self) -> bool:
-        """Does a padded batch give each item's unpadded features? Not for every model: a
-        group-norm extractor, or data2vec's stacked positional convs (each conv layer's output at
-        padded frames is non-zero and feeds the next), let padding reach the real frames. Where it
-        does, ``extract_features`` batches only items of equal length."""
+    def _inspect(self) -> Tuple[int, int, bool]:
+        """Hidden states, their width, and: does a padded batch give each item's unpadded
+        features? Not for every model: a group-norm extractor, or data2vec's stacked positional
+        convs (each conv layer's output at padded frames is non-zero and feeds the next), let
+        padding reach the real frames. Where it does, ``extract_features`` batches only items of
+        equal length."""
         hop = max(1, round(self.sample_rate / self.frame_rate))
         long_n, short_n = self.min_samples + 40 * hop + 7, self.min_samples + 25 * hop + 3
         generator = torch.Generator().manual_seed(0)
         source = (torch.randn(2, long_n, generator=generator) * 0.1).to(self.device)
         lengths = torch.tensor([long_n, short_n], device=self.device)
         source[1, short_n:] = 0.0
-        padded = self.adapter.hidden_states(source, lengths)
-        alone = self.adapter.hidden_states(source[1:, :short_n], lengths[1:])
-        frames = self.adapter.num_frames(short_n)
+        padded = self.model.hidden_states(source, lengths)
+        alone = self.model.hidden_states(source[1:, :short_n], lengths[1:])
+        frames = self.model.num_frames(short_n)
         worst = max((p[1, :frames] - a[0, :frames]).abs().max().item() for p, a in zip(padded, alone))
         if worst > 1e-4:
             logger.info(
                 "%s: padding changes real frames (by up to %.3g); batching only equal lengths",
                 self.name, worst,
             )
-        return worst <= 1e-4
+        return len(padded), padded[0].size(-1), worst <= 1e-4
 
     def _min_samples(self) -> int:
         """The shortest input that gives one frame (found by bisection on ``num_frames``)."""
         n = 1
-        while self.adapter.num_frames(n) < 1:
+        while self.model.num_frames(n) < 1:
             n = n * 2
         lo, hi = n // 2, n
         while lo + 1 < hi:
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if self.adapter.num_frames(mid) >= 1 else (mid, hi)
+            lo, hi = (lo, mid) if self.model.num_frames(mid) >= 1 else (mid, hi)
         return hi
 
     def _one_long(self, wav: torch.Tensor) -> List[torch.Tensor]:
@@ -416,7 +232,7 @@ class DownstreamModel(nn.Module):
             chunk = wav[start : start + length]
             if chunk.numel() < min_samples:
                 chunk = F.pad(chunk, (0, min_samples - chunk.numel()))
-            states = self.adapter.hidden_states(chunk[None], torch.tensor([chunk.numel()], device=wav.device))
+            states = self.model.hidden_states(chunk[None], torch.tensor([chunk.numel()], device=wav.device))
             pieces.append([s[0].float() for s in states])
         return [torch.cat([p[layer] for p in pieces], dim=0) for layer in range(len(pieces[0]))]
 
@@ -539,11 +355,12 @@ def load_model(
     chunk_seconds: Optional[float] = None,
     task_overrides: Optional[dict] = None,
 ) -> DownstreamModel:
-    """A checkpoint this package trains -> a frozen ``DownstreamModel`` on ``device``.
+    """A checkpoint this package trains (or a fairseq wav2vec 2.0 / HuBERT / data2vec one) -> a
+    frozen ``DownstreamModel`` on ``device``.
 
     ``random_init=True`` builds the same architecture with fresh weights (``seed``): the
     random-init baseline of the probe. ``chunk_seconds`` bounds the input one forward pass sees
-    (default: the adapter's). ``task_overrides`` changes fields of the saved task config, e.g.
+    (default: the model's). ``task_overrides`` changes fields of the saved task config, e.g.
     the label_dir of a HuBERT-style model whose dictionaries moved.
     """
     import audio_ssl_ext  # noqa: F401  (registers our models and tasks with fairseq)
@@ -562,13 +379,14 @@ def load_model(
     model.eval()
     model.to(device)
     name = cfg.model._name
-    adapter_cls = _ADAPTERS.get(name, FairseqWaveformAdapter)
-    adapter = adapter_cls(model, cfg) if chunk_seconds is None else adapter_cls(model, cfg, chunk_seconds=chunk_seconds)
-    adapter.self_check()
+    if not isinstance(model, Learner):
+        model = FairseqWaveformModel(model, cfg)
+        model.self_check()
     for p in model.parameters():
         p.requires_grad_(False)
+    features = DownstreamModel(model, name, path, chunk_seconds).to(device)
     logger.info(
         "loaded %s (%s): %d hidden states of %d dims at %.2f Hz from %d Hz audio",
-        path, name, adapter.num_layers, adapter.hidden_dim, adapter.frame_rate, adapter.sample_rate,
+        path, name, features.num_layers, features.hidden_dim, features.frame_rate, features.sample_rate,
     )
-    return DownstreamModel(model, adapter, name, path).to(device)
+    return features

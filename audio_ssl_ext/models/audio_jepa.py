@@ -35,7 +35,6 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
-from audio_ssl_ext.modules.collapse import mean_channel_std
 from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
 from audio_ssl_ext.modules.masking import (
     ContextTargetMask,
@@ -47,14 +46,11 @@ from audio_ssl_ext.modules.masking import (
     time_masking,
 )
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, chunk_features
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
 TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent"])
-
-# Seed streams of the masks (mw_mae's convention): training masks also depend on the update.
-_TRAIN_STREAM, _VALID_STREAM = 0, 1
 
 
 @dataclass
@@ -195,7 +191,7 @@ def jepa_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float) -> to
 
 
 @register_model("audio_jepa", dataclass=AudioJepaConfig)
-class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
+class AudioJepaModel(TeacherCheckpointMixin, PatchEncoderFeatures, BaseFairseqModel):
     teacher_description = "the EMA target encoder"
 
     def __init__(self, cfg: AudioJepaConfig):
@@ -213,7 +209,6 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
         )
         self.apply(init_vit_weights)
         nn.init.normal_(self.predictor.mask_token, std=0.02)
-        self.num_updates = 0
         self.check_masking()
         self.teacher: Optional[EMATeacher] = None  # not in the copy the teacher is made from
         self.teacher = EMATeacher(self.encoder, cfg.ema_decay, cfg.ema_end_decay, cfg.ema_anneal_end_step)
@@ -241,12 +236,9 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
     # --- masks ---
 
     def draw_masks(self, sample_ids: torch.Tensor) -> ContextTargetMask:
-        """Context (B, Nc) and target (B, G, K) patch indices, from (seed, stream, sample ids):
-        the training stream also depends on the update, the validation one does not (so every
-        validation pass scores the same masks), as in mw_mae."""
+        """Context (B, Nc) and target (B, G, K) patch indices of these samples."""
         cfg = self.cfg
-        stream = (_TRAIN_STREAM, self.num_updates) if self.training else (_VALID_STREAM,)
-        entropy = (cfg.seed, *stream)
+        entropy = self.mask_entropy()
         ids = [int(i) for i in sample_ids.tolist()]
         if cfg.masking == "unstructured":
             mask = per_sample_masks(
@@ -285,12 +277,7 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
         mean per-patch loss. The criterion ``model_with_sample_ids`` passes ``sample_ids``; ``masks``
         replaces the drawn ones."""
         if masks is None:
-            if sample_ids is None:
-                raise ValueError(
-                    "audio_jepa seeds its masks from the sample ids: pass sample_ids "
-                    "(train with criterion model_with_sample_ids, which passes the batch's ids)"
-                )
-            masks = self.draw_masks(sample_ids)
+            masks = self.draw_masks(self.require_sample_ids(sample_ids))
         context, targets = masks.context.to(source.device), masks.targets.to(source.device)
 
         inputs = self.frontend(source, padding_mask)
@@ -304,10 +291,7 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
         weight = weight.to(loss.dtype)
 
         result = {"losses": {"jepa": (loss * weight).sum()}, "sample_size": int(weight.sum().item())}
-        with torch.no_grad():
-            result["target_var"] = mean_channel_std(target)
-            result["pred_var"] = mean_channel_std(prediction)
-        result["ema_decay"] = self.teacher.decay * 1000  # x1000: fairseq logs 3 decimals
+        result.update(self.teacher_logs(target, prediction))
         return result
 
     @torch.no_grad()
@@ -331,26 +315,5 @@ class AudioJepaModel(TeacherCheckpointMixin, BaseFairseqModel):
 
     # --- features ---
 
-    @property
-    def feature_rate(self) -> float:
-        """Output frames per second of :meth:`extract_features` (6.25 Hz for 16-frame patches)."""
-        return self.frontend.frame_rate / self.cfg.patch_time
-
-    def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
-        """The context encoder, unmasked, over ``input_frames`` chunks of the whole clip
-        (standardized as a whole), each time step's frequency patches concatenated, chunks
-        concatenated in time: the reference's feature extraction, and mw_mae's interface.
-
-        Returns a dict with
-          ``layer_results``: one (B, T_out, freq_patches * encoder_embed_dim) tensor per encoder
-            block; the last has gone through the encoder's final norm;
-          ``x``: that last one; ``padding_mask``: (B, T_out) True past an example's end;
-          ``clip``: (B, freq_patches * encoder_embed_dim), the mean of ``x`` over real frames.
-        T_out = ceil(frames / patch_time), frames = 1 + samples // hop.
-        """
-        chunked = self.frontend.chunks(source, padding_mask)
-        layer_results: List[torch.Tensor] = []
-        final = self.encoder(chunked.patches, layer_results=layer_results)
-        layer_results[-1] = final  # the last block's output through the encoder's final norm
-
-        return chunk_features(chunked, layer_results, self.cfg.patch_time, self.grid[0])
+    def encode_patches(self, patches: torch.Tensor, layer_results: List[torch.Tensor]) -> torch.Tensor:
+        return self.encoder(patches, layer_results=layer_results)  # the context encoder, as the reference

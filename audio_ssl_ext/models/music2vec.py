@@ -20,10 +20,9 @@ Built from fairseq's pieces: ``ConvFeatureExtractionModel`` and ``TransformerEnc
   the run with a message that says what collapsed.
 """
 
-import logging
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
@@ -41,10 +40,10 @@ from fairseq.modules import GradMultiply, LayerNorm
 from fairseq.utils import get_available_activation_fns, index_put
 from omegaconf import II
 
-from audio_ssl_ext.modules.collapse import CollapseError, mean_channel_std
+from audio_ssl_ext.modules.collapse import check_collapse
+from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures, conv_output_lengths
 from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -198,15 +197,9 @@ def regression_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float)
     return F.smooth_l1_loss(prediction.float(), target.float(), reduction="none", beta=beta).sum(dim=-1)
 
 
-def conv_output_lengths(input_lengths: torch.Tensor, conv_layers: List[Tuple[int, int, int]]) -> torch.Tensor:
-    for _, kernel, stride in conv_layers:
-        input_lengths = torch.div(input_lengths - kernel, stride, rounding_mode="floor") + 1
-    return input_lengths
-
-
 @register_model("music2vec", dataclass=Music2VecConfig)
-class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
-    def __init__(self, cfg: Music2VecConfig):
+class Music2VecModel(TeacherCheckpointMixin, ConvTransformerFeatures, BaseFairseqModel):
+    def __init__(self, cfg: Music2VecConfig, task_cfg=None):
         super().__init__()
         if cfg.average_top_k_layers < 1 or cfg.average_top_k_layers > cfg.encoder_layers:
             raise ValueError(
@@ -216,11 +209,11 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
         if cfg.ema_layers_only and not cfg.ema_transformer_only:
             raise ValueError("model.ema_layers_only=true needs model.ema_transformer_only=true")
         self.cfg = cfg
-        self.conv_layers = eval(cfg.conv_feature_layers)
-        extractor_dim = self.conv_layers[-1][0]
+        self.framing = ConvFraming.from_configs(cfg, task_cfg)  # task_cfg None: 16 kHz, not normalized
+        extractor_dim = self.framing.conv_layers[-1][0]
 
         self.feature_extractor = ConvFeatureExtractionModel(
-            conv_layers=self.conv_layers, dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
+            conv_layers=list(self.framing.conv_layers), dropout=0.0, mode=cfg.extractor_mode, conv_bias=cfg.conv_bias
         )
         self.layer_norm = LayerNorm(extractor_dim)
         self.post_extract_proj = nn.Linear(extractor_dim, cfg.encoder_embed_dim)
@@ -228,7 +221,6 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
         self.mask_emb = nn.Parameter(torch.FloatTensor(cfg.encoder_embed_dim).uniform_())
         self.encoder = TransformerEncoder(encoder_config(cfg))
         self.final_proj = nn.Linear(cfg.encoder_embed_dim, cfg.encoder_embed_dim)  # regression head
-        self.num_updates = 0
 
         self.teacher: Optional[EMATeacher] = None  # not in the copy the teacher is made from
         self.teacher = EMATeacher(
@@ -241,7 +233,7 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
 
     @classmethod
     def build_model(cls, cfg: Music2VecConfig, task=None):
-        return cls(cfg)
+        return cls(cfg, task.cfg if task is not None else None)
 
     def _teacher_source(self) -> nn.Module:
         return self.encoder if self.cfg.ema_transformer_only else self
@@ -273,7 +265,7 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
         """Sample-level padding (B, S) -> frame-level (B, T): frames past each item's conv output."""
         if padding_mask is None or not padding_mask.any():
             return None
-        lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.conv_layers)
+        lengths = conv_output_lengths((~padding_mask).long().sum(-1), self.framing.conv_layers)
         frames = torch.arange(num_frames, device=padding_mask.device)
         return frames[None, :] >= lengths[:, None]
 
@@ -315,11 +307,8 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
         (criterion ``model_with_sample_ids``). ``mask_indices`` (B, T) bool replaces the drawn
         masks.
         """
-        if self.training and sample_ids is None:
-            raise ValueError(
-                "music2vec draws its masks from the batch's sample ids: train it with "
-                "criterion._name=model_with_sample_ids (fairseq's `model` criterion does not pass them)"
-            )
+        if self.training:
+            self.require_sample_ids(sample_ids)
         features, frame_padding = self.local_features(source, padding_mask)
         # fairseq's index_put masks in place, and dropout(p=0) returns its input: the teacher's
         # copy must be taken before either
@@ -348,12 +337,12 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
         scale = self.cfg.loss_scale if self.cfg.loss_scale is not None else 1 / math.sqrt(prediction.size(-1))
 
         result = {"losses": {"regression": loss.sum() * scale}, "sample_size": loss.numel()}
-        with torch.no_grad():
-            result["target_var"] = mean_channel_std(target)
-            result["pred_var"] = mean_channel_std(prediction)
-        result["ema_decay"] = self.teacher.decay * 1000  # x1000: fairseq logs 3 decimals
-        if self.training:
-            self.check_collapse(result["target_var"], result["pred_var"])
+        result.update(self.teacher_logs(target, prediction))
+        if self.training and self.num_updates >= self.cfg.min_var_after_updates:
+            check_collapse(
+                "music2vec", self.num_updates, result["target_var"], result["pred_var"],
+                self.cfg.min_target_var, self.cfg.min_pred_var,
+            )
         return result
 
     @torch.no_grad()
@@ -379,22 +368,6 @@ class Music2VecModel(TeacherCheckpointMixin, BaseFairseqModel):
             self.cfg.instance_norm_targets,
             self.cfg.layer_norm_targets,
         )
-
-    def check_collapse(self, target_var: torch.Tensor, pred_var: torch.Tensor) -> None:
-        if self.num_updates < self.cfg.min_var_after_updates:
-            return
-        for name, value, floor in (
-            ("target", target_var, self.cfg.min_target_var),
-            ("prediction", pred_var, self.cfg.min_pred_var),
-        ):
-            if value < floor:
-                message = (
-                    f"music2vec collapsed at update {self.num_updates}: {name} std {value.item():.4g} "
-                    f"< model.min_{'target' if name == 'target' else 'pred'}_var={floor} "
-                    f"(the teacher's targets no longer vary; lower the lr, or check the EMA decay)"
-                )
-                logger.error(message)
-                raise CollapseError(message)
 
     def extract_features(self, source, padding_mask=None, mask=False, layer=None):
         """Encoder outputs without loss: {"x", "padding_mask", "layer_results"} (data2vec's keys)."""

@@ -26,7 +26,6 @@ Front ends: fairseq's conv stack downsamples 320x, i.e. 50 Hz frames at 16 kHz a
 ``conv_feature_layers`` works, the CQT loss follows the resulting frame rate.
 """
 
-import logging
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -39,7 +38,8 @@ from fairseq.models.hubert.hubert import HubertConfig, HubertModel
 from omegaconf import II
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures
+
 
 CQT_F_MIN = 32.7  # C1, MERT's lowest CQT bin
 
@@ -56,17 +56,14 @@ class MusicHubertConfig(HubertConfig):
     seed: int = II("common.seed")  # masks are drawn from (seed, update, sample id)
 
 
-def conv_downsampling(conv_feature_layers: str) -> int:
-    return int(np.prod([stride for _, _, stride in eval(conv_feature_layers)]))  # fairseq's format
-
-
 @register_model("music_hubert", dataclass=MusicHubertConfig)
-class MusicHubertModel(HubertModel):
+class MusicHubertModel(ConvTransformerFeatures, HubertModel):
+    sample_ids_criterion = "music_hubert"
+
     def __init__(self, cfg: MusicHubertConfig, task_cfg, dictionaries) -> None:
         super().__init__(cfg, task_cfg, dictionaries)
         self.cfg = cfg
-        self.num_updates = 0
-        self.frame_rate = task_cfg.sample_rate / conv_downsampling(cfg.conv_feature_layers)
+        self.framing = ConvFraming.from_configs(cfg, task_cfg)
         self._mask_sample_ids: Optional[torch.Tensor] = None
         self._mask_indices: Optional[torch.Tensor] = None
         self.cqt, self.cqt_head = None, None
@@ -89,10 +86,6 @@ class MusicHubertModel(HubertModel):
         if task.dictionaries and cfg.label_rate <= 0:
             raise ValueError(f"task.labels={list(task.cfg.labels)} need task.label_rate > 0 (frames/s)")
         return cls(cfg, task.cfg, task.dictionaries)
-
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
 
     # --- masking, seeded -------------------------------------------------------------------
 
@@ -145,11 +138,8 @@ class MusicHubertModel(HubertModel):
     ):
         """fairseq's HuBERT forward; ``sample_ids`` (the batch's ``id``) seed the masks and are
         required in training (criterion ``music_hubert`` passes them)."""
-        if self.training and mask and sample_ids is None:
-            raise ValueError(
-                "music_hubert draws its masks from (seed, update, sample id) and needs the batch's ids in "
-                "training: use criterion._name=music_hubert (fairseq's `hubert` criterion does not pass them)"
-            )
+        if self.training and mask:
+            self.require_sample_ids(sample_ids)
         with_cqt = self.cqt is not None and not features_only and target_list is not None and mask
         encoder_out = {}
         hook = None

@@ -34,15 +34,10 @@ from torch import nn
 from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
 from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, chunk_features
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
-
-# Seed streams: training masks also depend on the update number; validation masks do not, so
-# every validation pass scores the same masks.
-_TRAIN_STREAM, _VALID_STREAM = 0, 1
-
 
 @dataclass
 class AudioMaeConfig(LogMelPatchesConfig):
@@ -88,7 +83,7 @@ class MwMaeConfig(AudioMaeConfig):
 
 
 @register_model("audio_mae", dataclass=AudioMaeConfig)
-class AudioMaeModel(BaseFairseqModel):
+class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
     def __init__(
         self,
         cfg: AudioMaeConfig,
@@ -121,23 +116,17 @@ class AudioMaeModel(BaseFairseqModel):
 
         self.apply(init_vit_weights)
         nn.init.normal_(self.mask_token, std=0.02)
-        self.num_updates = 0
 
     @classmethod
     def build_model(cls, cfg: AudioMaeConfig, task=None):
         return cls(cfg)
 
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
-
     # ------------------------------------------------------------------ pretraining
     def draw_masks(self, sample_ids: torch.Tensor) -> PatchMask:
-        stream = (_TRAIN_STREAM, self.num_updates) if self.training else (_VALID_STREAM,)
         return per_sample_masks(
             random_masking,
             sample_ids.tolist(),
-            (self.cfg.seed, *stream),
+            self.mask_entropy(),
             num_patches=self.frontend.num_patches,
             mask_ratio=self.cfg.mask_ratio,
         )
@@ -148,13 +137,8 @@ class AudioMaeModel(BaseFairseqModel):
         padding_mask: Optional[torch.Tensor] = None,
         sample_ids: Optional[torch.Tensor] = None,
     ) -> Dict:
-        if sample_ids is None:
-            raise ValueError(
-                f"{type(self).__name__} seeds its masks from the sample ids: pass sample_ids "
-                "(train with criterion model_with_sample_ids, which passes the batch's ids)"
-            )
         inputs = self.frontend(source, padding_mask)
-        mask = self.draw_masks(sample_ids)
+        mask = self.draw_masks(self.require_sample_ids(sample_ids))
         kept, masked = mask.kept.to(source.device), mask.masked.to(source.device)
 
         tokens = self.patch_embed(inputs.patches)
@@ -181,30 +165,8 @@ class AudioMaeModel(BaseFairseqModel):
         full = full.scatter(1, kept[:, :, None].expand(-1, -1, dim), x)
         return self.decoder_pred(self.decoder(full + self.decoder_pos_embed.to(x.dtype)))
 
-    # ------------------------------------------------------------------ features
-    @property
-    def feature_rate(self) -> float:
-        """Output frames per second of :meth:`extract_features` (25 Hz for 4-frame patches)."""
-        return self.frontend.frame_rate / self.cfg.patch_time
-
-    def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
-        """The paper's features: the unmasked encoder over ``input_frames`` chunks of the whole clip
-        (standardized as a whole), each time step's frequency patches concatenated, chunks
-        concatenated in time.
-
-        Returns a dict with
-          ``layer_results``: one (B, T_out, freq_patches * encoder_embed_dim) tensor per encoder
-            block; the last has gone through the encoder's final norm (the paper's embedding);
-          ``x``: that last one; ``padding_mask``: (B, T_out) True past an example's end;
-          ``clip``: (B, freq_patches * encoder_embed_dim), the mean of ``x`` over real frames.
-        T_out = ceil(frames / patch_time), frames = 1 + samples // hop.
-        """
-        chunked = self.frontend.chunks(source, padding_mask)
-        tokens = self.patch_embed(chunked.patches)
-        layer_results: List[torch.Tensor] = []
-        final = self.encoder(tokens, layer_results)
-        layer_results[-1] = final  # the last block's output through the encoder's final norm
-        return chunk_features(chunked, layer_results, self.cfg.patch_time, self.frontend.grid[0])
+    def encode_patches(self, patches: torch.Tensor, layer_results: List[torch.Tensor]) -> torch.Tensor:
+        return self.encoder(self.patch_embed(patches), layer_results)
 
 
 @register_model("mw_mae", dataclass=MwMaeConfig)

@@ -1,9 +1,11 @@
-"""Watching for representation collapse in learners with EMA targets (music2vec, Audio-JEPA, JOOCI).
+"""Watching for representation collapse in learners with learned targets (an EMA teacher's).
 
 A falling loss means nothing once the targets stop varying, so these learners log the spread of
 their targets and predictions and can stop with a clear message when it falls below a floor
 (a known failure mode in fairseq's data2vec tracker).
 """
+
+import logging
 
 import torch
 import torch.distributed as dist
@@ -26,3 +28,19 @@ def mean_channel_std(y: torch.Tensor) -> torch.Tensor:
     else:
         var = y.var(dim=0)
     return torch.sqrt(var + 1e-6).mean()
+
+
+def check_collapse(learner: str, num_updates: int, target_std, pred_std, min_target_var: float, min_pred_var: float) -> None:
+    """Raise ``CollapseError`` (and log it) when the target or prediction std (``mean_channel_std``)
+    is below its floor (the config fields ``min_target_var`` / ``min_pred_var``, data2vec's names)."""
+    for name, field, value, floor in (
+        ("target", "min_target_var", target_std, min_target_var),
+        ("prediction", "min_pred_var", pred_std, min_pred_var),
+    ):
+        if value < floor:
+            message = (
+                f"{learner} collapsed at update {num_updates}: {name} std {float(value):.4g} < model.{field}={floor} "
+                f"(the targets no longer vary; lower the lr, or check the EMA decay)"
+            )
+            logging.getLogger(__name__).error(message)
+            raise CollapseError(message)

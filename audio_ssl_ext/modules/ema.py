@@ -1,6 +1,6 @@
 """An exponential-moving-average teacher: fp32, no gradients, one step per optimizer update.
 
-Shared by the teacher-student learners (music2vec now; Audio-JEPA and JOOCI later). The
+Shared by the teacher-student learners (music2vec, Audio-JEPA). The
 averaging itself is fairseq's ``EMAModule`` (``ema_fp32=True``: the running average is kept in
 fp32 master copies, whatever precision the student trains in; ``skip_keys`` are copied from the
 student instead of averaged). ``EMAModule`` alone does not fit a resumable fairseq run, and this
@@ -24,6 +24,8 @@ from typing import Dict, Iterable
 import torch
 import torch.nn as nn
 from fairseq.modules import EMAModule, EMAModuleConfig
+
+from audio_ssl_ext.modules.collapse import mean_channel_std
 
 
 def ema_decay_at(num_updates: int, ema_decay: float, ema_end_decay: float, anneal_end_step: int) -> float:
@@ -146,16 +148,20 @@ class TeacherCheckpointMixin:
     in the model's state dict under ``_teacher.``, so fairseq's checkpoints carry them and a
     resumed run continues exactly; a checkpoint without them fails a strict load.
 
-    ``set_num_updates`` only records the update: fairseq calls it once per micro-batch, and the
-    model steps its teacher in ``forward`` when the update has advanced (once per update).
-    Put it before ``BaseFairseqModel`` in the bases.
+    The model steps its teacher in ``forward`` (``teacher.update(student, self.num_updates)``),
+    which moves it once per update although fairseq calls ``set_num_updates`` per micro-batch.
+    Put it before the other bases.
     """
 
     teacher_description = "the EMA teacher"
 
-    def set_num_updates(self, num_updates):
-        super().set_num_updates(num_updates)
-        self.num_updates = num_updates
+    def teacher_logs(self, target: torch.Tensor, prediction: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What fairseq logs of a teacher-student step: the spread of targets and predictions
+        (``mean_channel_std``, data2vec's ``target_var`` / ``pred_var``) and the decay."""
+        with torch.no_grad():
+            logs = {"target_var": mean_channel_std(target), "pred_var": mean_channel_std(prediction)}
+        logs["ema_decay"] = self.teacher.decay * 1000  # x1000: fairseq logs 3 decimals
+        return logs
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)

@@ -1,5 +1,5 @@
 """Waveform batch -> standardized log-mel -> whole patches: the input of the spectrogram learners
-(MW-MAE / MAE here; Audio-JEPA uses the same piece with its own patch size and input length).
+(MW-MAE / MAE, Audio-JEPA), and their feature interface (``PatchEncoderFeatures``).
 
 Runs inside the model, on the batch's device, so the data loader only reads and crops audio.
 
@@ -21,6 +21,7 @@ from omegaconf import II
 from torch import nn
 
 from audio_ssl_ext.features import LogMelSpectrogram
+from audio_ssl_ext.modules.learner import Learner
 from audio_ssl_ext.modules.patches import patch_grid, patchify
 
 
@@ -180,3 +181,47 @@ def chunk_features(chunked: ChunkedPatches, layer_results: List[torch.Tensor], p
     real = (~padding)[:, :, None].to(x.dtype)
     clip = (x * real).sum(dim=1) / real.sum(dim=1).clamp_min(1)
     return {"layer_results": layer_results, "x": x, "padding_mask": padding, "clip": clip}
+
+
+class PatchEncoderFeatures(Learner):
+    """The feature interface (``modules/learner.py``) of a model with a ``frontend``
+    (``LogMelPatches``) and ``encode_patches(patches, layer_results)``: the unmasked encoder over
+    all (B, N, patch_dim) patches, appending each block's output to ``layer_results`` and
+    returning the last one through the encoder's final norm.
+
+    Features, as the papers extract them: the unmasked encoder over ``input_frames`` chunks of
+    the whole clip (standardized as a whole), each time step's frequency patches concatenated,
+    chunks concatenated in time. The model chunks, so a wrapper need not (``feature_chunking``).
+    """
+
+    # An output step groups patch_time centred frames; it is stamped with its first frame's
+    # centre, so the last stamp never lies past the end of the audio.
+    first_frame_seconds = 0.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.logmel.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.frontend.frame_rate / self.frontend.patch_time
+
+    def num_frames(self, num_samples: int) -> int:
+        # Centred spectrogram frames (1 + samples // hop), grouped patch_time to an output step.
+        frames = 1 + num_samples // self.frontend.logmel.hop_length
+        return -(-frames // self.frontend.patch_time) if num_samples > 0 else 0
+
+    def extract_features(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict:
+        """``chunk_features``'s dict: ``layer_results`` (one (B, T_out, freq_patches * D) per
+        encoder block, the last through the final norm), ``x`` (the last), ``padding_mask`` and
+        ``clip``, T_out = ``num_frames`` of the longest item."""
+        chunked = self.frontend.chunks(source, padding_mask)
+        layer_results: List[torch.Tensor] = []
+        final = self.encode_patches(chunked.patches, layer_results)
+        layer_results[-1] = final  # the last block's output through the encoder's final norm
+        return chunk_features(chunked, layer_results, self.frontend.patch_time, self.frontend.grid[0])
+
+    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        padding_mask = torch.arange(source.size(1), device=source.device)[None, :] >= lengths[:, None]
+        out = self.extract_features(source, padding_mask if padding_mask.any() else None)
+        return [h.masked_fill(out["padding_mask"][..., None], 0.0) for h in out["layer_results"]]
