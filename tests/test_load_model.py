@@ -15,7 +15,7 @@ import pytest
 import soxr
 import torch
 
-from audio_ssl_ext.downstream.load import CheckpointError, load_model
+from audio_ssl_ext.downstream.load import CheckpointError, FairseqWaveformModel, load_model
 from tests.utils import write_untrained_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +67,23 @@ def test_hidden_states_shapes_lengths_and_padding(tiny_model):
     as_list = model.extract_features([wavs[i, :n] for i, n in enumerate(lengths.tolist())])
     for a, b in zip(as_list.hidden_states, out.hidden_states):
         torch.testing.assert_close(a, b)
+
+
+def test_last_hidden_state_is_the_models_own_encoder_output(tiny_model):
+    """What the feature interface returns is what the model itself computes (fairseq's
+    extract_features for the conv family, the paper's chunked features for the patch models)."""
+    learner = tiny_model.model
+    wav = noise(1, 24000, seed=6)
+    ours = learner.hidden_states(wav, torch.tensor([24000]))[-1]
+    if hasattr(learner, "framing"):
+        if learner.framing.normalize:
+            wav = torch.nn.functional.layer_norm(wav, wav.shape[-1:])
+        own = learner.model if isinstance(learner, FairseqWaveformModel) else learner  # wav2vec2: fairseq's
+        theirs = own.extract_features(wav, padding_mask=None, mask=False)
+        theirs = theirs["x"] if isinstance(theirs, dict) else theirs[0]
+    else:
+        theirs = learner.extract_features(wav)["x"]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
