@@ -46,7 +46,7 @@ from audio_ssl_ext.modules.masking import (
     time_masking,
 )
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, PatchEncoderFeatures
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderConfig, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
@@ -54,7 +54,7 @@ TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent"])
 
 
 @dataclass
-class AudioJepaConfig(LogMelPatchesConfig):
+class AudioJepaConfig(PatchEncoderConfig):
     """Defaults are the paper's recipe (reference code): ViT-B context encoder, 512-wide 8-block
     predictor, unstructured masking of 60 % of the patches, audio-domain targets."""
 
@@ -67,11 +67,7 @@ class AudioJepaConfig(LogMelPatchesConfig):
     )
     patch_time: int = field(default=16, metadata={"help": "frames per patch"})
 
-    # context encoder (the target encoder is its EMA copy)
-    encoder_embed_dim: int = 768
-    encoder_layers: int = 12
-    encoder_attention_heads: int = 12
-    mlp_ratio: float = 4.0
+    # context encoder: PatchEncoderConfig's (ViT-B); the target encoder is its EMA copy
 
     # predictor
     predictor_embed_dim: int = 512
@@ -127,7 +123,6 @@ class AudioJepaConfig(LogMelPatchesConfig):
     ema_end_decay: float = field(default=0.99999, metadata={"help": "decay at ema_anneal_end_step"})
     ema_anneal_end_step: int = II("optimization.max_update")
 
-    seed: int = II("common.seed")  # masks are drawn from (seed, update, sample ids)
 
 
 class PatchEncoder(nn.Module):

@@ -28,36 +28,27 @@ from typing import Dict, List, Optional
 
 import torch
 from fairseq.models import BaseFairseqModel, register_model
-from omegaconf import II
 from torch import nn
 
 from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
 from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, LogMelPatchesConfig, PatchEncoderFeatures
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderConfig, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
 
 @dataclass
-class AudioMaeConfig(LogMelPatchesConfig):
-    # Input: log-mel patches with LogMelPatchesConfig's defaults, the paper's (2 s = 200 frames x
-    # 80 bands, 4 x 16 patches).
-    # Encoder (ViT-B by default).
-    encoder_embed_dim: int = 768
-    encoder_layers: int = 12
-    encoder_attention_heads: int = 12
-    # Decoder.
+class AudioMaeConfig(PatchEncoderConfig):
+    # Input and encoder: PatchEncoderConfig's defaults, the paper's (2 s = 200 frames x 80 bands,
+    # 4 x 16 patches; ViT-B).
     decoder_embed_dim: int = 384
     decoder_layers: int = 4
     decoder_attention_heads: int = 8
-    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / model width, encoder and decoder"})
-    # Pretraining objective.
     mask_ratio: float = field(default=0.8, metadata={"help": "fraction of patches masked"})
     norm_pix_loss: bool = field(
         default=False, metadata={"help": "normalise each target patch to zero mean, unit variance (off in the paper)"}
     )
-    seed: int = II("common.seed")  # masks are drawn from (seed, update number, sample id)
 
 
 @dataclass

@@ -208,7 +208,6 @@ def multi_block_masking(
     last rows of every context; here each sample keeps a uniform random subset.
     """
     grid_t, grid_f = grid
-    num_patches = grid_t * grid_f
     if num_targets < 1:
         raise ValueError(f"multi-block masking needs at least one target block, got {num_targets}")
     target_shape = sample_block_shape(grid, target_scale, target_aspect_ratio, generator)

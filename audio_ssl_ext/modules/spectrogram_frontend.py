@@ -65,6 +65,17 @@ class LogMelPatchesConfig(FairseqDataclass):
     patch_freq: int = field(default=16, metadata={"help": "mel bands per patch"})
 
 
+@dataclass
+class PatchEncoderConfig(LogMelPatchesConfig):
+    """A spectrogram learner's input fields, its ViT encoder (ViT-B by default) and mask seed."""
+
+    encoder_embed_dim: int = 768
+    encoder_layers: int = 12
+    encoder_attention_heads: int = 12
+    mlp_ratio: float = field(default=4.0, metadata={"help": "MLP width / model width, in every ViT block"})
+    seed: int = II("common.seed")  # masks are drawn from (seed, update, sample id)
+
+
 class LogMelPatches(nn.Module):
     """(B, T) waveforms (+ padding mask) -> standardized log-mel -> (time x frequency) patches.
 
