@@ -26,6 +26,7 @@ from audio_ssl_ext.clustering.quality import (
 )
 from audio_ssl_ext.data.labels import LabelError
 from audio_ssl_ext.data.manifest import ManifestError, read_manifest
+from audio_ssl_ext.tools.demo_corpus import DemoCorpusError, reference_labels
 
 
 def n_clusters_of(labels_path: str) -> int:
@@ -61,16 +62,14 @@ def main(argv=None) -> int:
         if args.reference:
             references, rate = read_label_lines(args.reference, manifest), args.reference_rate
         elif args.demo_corpus:
-            from audio_ssl_ext.tools.demo_corpus import read_frame_labels, read_label_info
-
-            by_file = read_frame_labels(args.demo_corpus, args.reference_name)
-            references = references_in_manifest_order(by_file, manifest, args.demo_corpus)
-            rate = float(read_label_info(args.demo_corpus)["label_rate"])
+            reference = reference_labels(args.demo_corpus, args.reference_name)
+            references = references_in_manifest_order(reference.by_file, manifest, reference.where)
+            rate = reference.rate
         if references is not None:
             names = [f"{args.labels}, line {i + 1} ({f})" for i, f in enumerate(manifest.files)]
             references = align_references(labels, args.label_rate, references, rate, names)
         report = cluster_quality(labels, n_clusters, references)
-    except (LabelError, ManifestError) as err:
+    except (LabelError, ManifestError, DemoCorpusError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"cluster_quality {args.labels}: {report.format()}")

@@ -3,9 +3,11 @@
 # Everything goes under $DEMO_DIR (default demo/):
 #   corpus/                 wavs + clip_labels.tsv, frame_labels.tsv, labels.json
 #   manifest/               train.tsv, valid.tsv, manifest_report.txt
+#   <learner>/train.log     the whole output of its training run (the terminal shows progress only)
 #   <learner>/checkpoints/  fairseq checkpoints (checkpoint_last.pt, ...) and hydra_train.log
 #   <learner>/tb/           tensorboard logs
-#   musichubert/            the HuBERT iterations: iter<i>/{features,kmeans,labels,checkpoints,tb}
+#   musichubert/            the HuBERT iterations: iter<i>/{features,kmeans,labels,checkpoints,tb,
+#                           train.log,quality.json}
 # LEARNERS="..." picks a subset. Each run starts fresh (its folder is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,15 +25,15 @@ python scripts/make_manifest.py "$DEMO_DIR/corpus" "$DEMO_DIR/manifest" --valid-
 
 train_tiny() {  # learner config_dir [overrides...]
   local learner=$1 config_dir=$2; shift 2
-  step "$learner: fairseq-hydra-train --config-dir $config_dir --config-name tiny"
+  step "$learner: fairseq-hydra-train --config-dir $config_dir --config-name tiny (whole output: $DEMO_DIR/$learner/train.log)"
   rm -rf "${DEMO_DIR:?}/$learner"
-  fairseq-hydra-train --config-dir "$config_dir" --config-name tiny \
+  python scripts/run_logged.py "$DEMO_DIR/$learner/train.log" --desc "$learner" -- \
+    fairseq-hydra-train --config-dir "$config_dir" --config-name tiny \
     task.data="$DEMO_DIR/manifest" \
     checkpoint.save_dir="$DEMO_DIR/$learner/checkpoints" \
-    common.tensorboard_logdir="$DEMO_DIR/$learner/tb" "$@" \
-    2>&1 | grep -E "train_inner|\| valid on|done training|Error|error" || true
+    common.tensorboard_logdir="$DEMO_DIR/$learner/tb" "$@"
   test -f "$DEMO_DIR/$learner/checkpoints/checkpoint_last.pt" \
-    || { echo "$learner: no checkpoint written, see $DEMO_DIR/$learner/checkpoints/hydra_train.log"; exit 1; }
+    || { echo "$learner: no checkpoint written, see $DEMO_DIR/$learner/train.log"; exit 1; }
 }
 
 for learner in $LEARNERS; do
@@ -41,7 +43,7 @@ for learner in $LEARNERS; do
       step "musichubert: scripts/hubert_iterations.py (2 iterations, tiny config)"
       rm -rf "${DEMO_DIR:?}/musichubert"
       python scripts/hubert_iterations.py "$DEMO_DIR/manifest" "$DEMO_DIR/musichubert" \
-        --iterations 2 --demo-corpus "$DEMO_DIR/corpus" ;;
+        --config-dir examples/musichubert --iterations 2 --demo-corpus "$DEMO_DIR/corpus" ;;
     music2vec) train_tiny music2vec examples/music2vec ;;
     mwmae) train_tiny mwmae examples/mwmae ;;
     audiojepa) train_tiny audiojepa examples/audiojepa ;;
@@ -52,9 +54,9 @@ done
 step "outputs"
 for learner in $LEARNERS; do
   if [ "$learner" = musichubert ]; then
-    echo "musichubert: per iteration i, checkpoints in $DEMO_DIR/musichubert/iter<i>/checkpoints, labels in .../labels, tensorboard logs in .../tb"
+    echo "musichubert: per iteration i, checkpoints in $DEMO_DIR/musichubert/iter<i>/checkpoints, labels in .../labels, label quality in .../quality.json, training output in .../train.log, tensorboard logs in .../tb"
   else
-    echo "$learner: checkpoints in $DEMO_DIR/$learner/checkpoints, tensorboard logs in $DEMO_DIR/$learner/tb"
+    echo "$learner: checkpoints in $DEMO_DIR/$learner/checkpoints, training output in $DEMO_DIR/$learner/train.log, tensorboard logs in $DEMO_DIR/$learner/tb"
   fi
 done
 echo "tensorboard --logdir $DEMO_DIR   # to look at the curves"

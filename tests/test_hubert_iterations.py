@@ -8,6 +8,8 @@ import pytest
 
 from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations
 from audio_ssl_ext.clustering.shards import read_shard
+from audio_ssl_ext.tools.demo_corpus import reference_labels
+from tests.utils import REPO_ROOT
 
 
 def outputs(work_dir):
@@ -26,13 +28,14 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     cfg = IterationsConfig(
         manifest_dir=demo_manifest_dir,
         work_dir=work,
+        config_dir=os.path.join(REPO_ROOT, "examples", "musichubert"),
         iterations=2,
         clusters=[20, 30],
         train_overrides=["optimization.max_update=6", "task.max_sample_size=16000"],
-        demo_corpus=demo_corpus,
         progress=False,
     )
-    checkpoints = run_iterations(cfg)
+    reference = reference_labels(demo_corpus, "pitch")
+    checkpoints = run_iterations(cfg, reference)
     assert checkpoints == [os.path.join(work, f"iter{i}", "checkpoints", "checkpoint_last.pt") for i in (1, 2)]
     assert all(os.path.isfile(c) for c in checkpoints)
 
@@ -54,7 +57,7 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
 
     # A rerun finds everything done and writes nothing.
     before = outputs(work)
-    run_iterations(cfg)
+    run_iterations(cfg, reference)
     after = outputs(work)
     assert {k: v for k, v in after.items() if k != "iterations.json"} == {
         k: v for k, v in before.items() if k != "iterations.json"
@@ -64,7 +67,7 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     # training resumes from its last checkpoint instead of starting over.
     os.remove(os.path.join(work, "iter2", "labels", "valid.km"))
     os.remove(os.path.join(work, "iter2", "train.done"))
-    run_iterations(cfg)
+    run_iterations(cfg, reference)
     again = outputs(work)
     assert again["iter2/labels/valid.km"] != before["iter2/labels/valid.km"]
     assert again["iter2/labels/train.km"] == before["iter2/labels/train.km"]
@@ -75,4 +78,4 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     # Asking for other settings in the same work dir is refused, not silently mixed.
     cfg.clusters = [20, 40]
     with pytest.raises(IterationsError, match=r"iter2/params\.json: this iteration was run with other settings \(n_clusters"):
-        run_iterations(cfg)
+        run_iterations(cfg, reference)

@@ -3,11 +3,17 @@
 Iteration 1 clusters a frontend's features (MFCC at 100 Hz, k=100 by default); iteration i > 1
 clusters layer L of iteration i-1's last checkpoint (k=500 by default) at the model's frame rate.
 Each iteration trains with ``fairseq-hydra-train`` (the user's own command, as a subprocess) on
-the labels it made. Everything lives under ``work_dir/iter{i}/``::
+the labels it made, with a config from ``config_dir`` (``examples/musichubert`` in the repository;
+nothing is looked up beside the package, so an installed package works the same). Everything lives
+under ``work_dir/iter{i}/``::
 
     features/{train,valid}_0_1.{npy,len,json}   kmeans.npy + kmeans.json
-    labels/{train,valid}.km + dict.km.txt       checkpoints/   train.log   train.done
+    labels/{train,valid}.km + dict.km.txt       checkpoints/ (+ hydra_train.log)   tb/
+    train.log (the whole output of training)    train.done
     quality.json (with reference frame labels)  params.json (what this iteration was asked for)
+
+The terminal shows the stages, progress bars and where the outputs went; the training output
+(fairseq's config dump, hydra's warnings, every logged update) goes to ``train.log`` only.
 
 Every stage is skipped when its outputs exist (each is written under a temporary name and renamed
 when complete; training is done when ``train.done`` exists, and fairseq resumes an interrupted
@@ -18,35 +24,38 @@ a rerun with other settings fail loudly instead of reusing outputs made with the
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
+
+from tqdm import tqdm
 
 from audio_ssl_ext.clustering.dump import CheckpointFeatures, FrontendFeatures, dump_features, read_shard_info
 from audio_ssl_ext.clustering.kmeans import learn_kmeans
 from audio_ssl_ext.clustering.pseudo_labels import apply_kmeans
+from audio_ssl_ext.clustering.quality import ReferenceLabels
 from audio_ssl_ext.clustering.shards import read_shards, sample_rows, shard_exists
 
 logger = logging.getLogger(__name__)
 
 LABEL_NAME = "km"
 SPLITS = ("train", "valid")
-PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_ROOT = os.path.dirname(PACKAGE_DIR)
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # fairseq's common.user_dir
 
 
 @dataclass
 class IterationsConfig:
     manifest_dir: str  # train.tsv and valid.tsv
     work_dir: str
+    config_dir: str  # the training configs (examples/musichubert in the repository)
     iterations: int = 2
     clusters: List[int] = field(default_factory=lambda: [100, 500])  # per iteration; the last repeats
     first_feature: str = "mfcc"  # frontend of iteration 1
     first_frame_rate: float = 100.0  # HuBERT's MFCC labels: 100 Hz
     sample_rate: int = 16000
     layer: Optional[int] = None  # layer of the previous model (default: half its depth, HuBERT's 6 of 12)
-    config_dir: str = os.path.join(REPO_ROOT, "examples", "musichubert")
     config_name: str = "tiny"
     train_overrides: List[str] = field(default_factory=list)
     percent: float = -1.0  # of the training utterances used to learn k-means (-1: all)
@@ -56,8 +65,6 @@ class IterationsConfig:
     nredo: int = 1
     seed: int = 0
     device: str = "cpu"
-    demo_corpus: Optional[str] = None  # reference frame labels for the quality report
-    reference_name: str = "pitch"
     progress: bool = True
 
     def clusters_of(self, iteration: int) -> int:
@@ -120,7 +127,7 @@ def source_params(cfg: IterationsConfig, iteration: int) -> dict:
     return {"checkpoint": last_checkpoint(cfg, iteration - 1), "layer": cfg.layer}
 
 
-def run_iteration(cfg: IterationsConfig, iteration: int) -> str:
+def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[ReferenceLabels] = None) -> str:
     """All stages of one iteration, each skipped when done; returns the last checkpoint."""
     directory = iteration_dir(cfg, iteration)
     n_clusters = cfg.clusters_of(iteration)
@@ -159,8 +166,8 @@ def run_iteration(cfg: IterationsConfig, iteration: int) -> str:
             os.path.join(cfg.manifest_dir, f"{split}.tsv"), progress=cfg.progress,
         )
 
-    if cfg.demo_corpus and not os.path.isfile(os.path.join(directory, "quality.json")):
-        write_quality(cfg, directory, label_dir, label_rate, n_clusters)
+    if reference is not None and not os.path.isfile(os.path.join(directory, "quality.json")):
+        write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference)
 
     done = os.path.join(directory, "train.done")
     if os.path.isfile(done):
@@ -188,60 +195,118 @@ def train_command(cfg: IterationsConfig, directory: str, label_dir: str, label_r
     ]
 
 
-def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float) -> None:
-    command = train_command(cfg, directory, label_dir, label_rate)
-    log_path = os.path.join(directory, "train.log")
-    logger.info(f"training: {' '.join(command)} (log: {log_path})")
+_MAX_UPDATE = re.compile(r"'max_update': (\d+)")
+_TRAIN_INNER = re.compile(r"\btrain_inner\b.*?\bloss=([0-9.eE+-]+).*?\bnum_updates=(\d+)")
+_VALID = re.compile(r"valid on '[^']*' subset \| loss ([0-9.eE+-]+)")
+_RESUMED = re.compile(r"Loaded checkpoint .*@ (\d+) updates")
+
+
+def run_logged(command: Sequence[str], log_path: str, progress: bool = True, desc: str = "training") -> int:
+    """Run a fairseq training command with its whole output (stdout and stderr) appended to
+    ``log_path``; the terminal gets one progress bar over the updates (the total read from the
+    config fairseq logs first) with the last train and valid loss, when ``progress``. Returns
+    the exit status."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    bar = tqdm(total=None, desc=desc, unit="update", disable=not progress, dynamic_ncols=True)
+    postfix = {}
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in process.stdout:
             log.write(line)
-            if cfg.progress:
-                sys.stdout.write(line)
+            if bar.total is None and (m := _MAX_UPDATE.search(line)) and int(m.group(1)) > 0:
+                bar.total = int(m.group(1))
+                bar.refresh()
+            if m := _RESUMED.search(line):
+                bar.n = int(m.group(1))
+                bar.refresh()
+            elif m := _TRAIN_INNER.search(line):
+                postfix["loss"] = m.group(1)
+                bar.update(int(m.group(2)) - bar.n)
+                bar.set_postfix(postfix, refresh=False)
+            elif m := _VALID.search(line):
+                postfix["valid_loss"] = m.group(1)
+                bar.set_postfix(postfix)
         process.wait()
-    if process.returncode != 0:
+    bar.close()
+    return process.returncode
+
+
+def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float) -> None:
+    command = train_command(cfg, directory, label_dir, label_rate)
+    log_path = os.path.join(directory, "train.log")
+    logger.info(f"training with {cfg.config_dir}/{cfg.config_name}.yaml (whole output: {log_path})")
+    returncode = run_logged(command, log_path, cfg.progress, desc=f"{os.path.basename(directory)} training")
+    if returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
-        raise IterationsError(f"training failed (exit {process.returncode}); end of {log_path}:\n{tail}")
+        raise IterationsError(f"training failed (exit {returncode}); end of {log_path}:\n{tail}")
     if not os.path.isfile(os.path.join(directory, "checkpoints", "checkpoint_last.pt")):
         raise IterationsError(f"training finished without {directory}/checkpoints/checkpoint_last.pt")
 
 
-def write_quality(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float, n_clusters: int) -> None:
+def write_quality(
+    cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float, n_clusters: int, reference: ReferenceLabels
+) -> None:
     from audio_ssl_ext.clustering.quality import (
         align_references,
         cluster_quality,
         read_label_lines,
         references_in_manifest_order,
     )
-    from audio_ssl_ext.tools.demo_corpus import read_frame_labels, read_label_info
     from audio_ssl_ext.data.manifest import read_manifest
 
     manifest = read_manifest(os.path.join(cfg.manifest_dir, "train.tsv"))
     labels = read_label_lines(os.path.join(label_dir, f"train.{LABEL_NAME}"), manifest)
-    by_file = read_frame_labels(cfg.demo_corpus, cfg.reference_name)
-    references = references_in_manifest_order(by_file, manifest, cfg.demo_corpus)
-    reference_rate = float(read_label_info(cfg.demo_corpus)["label_rate"])
+    references = references_in_manifest_order(reference.by_file, manifest, reference.where)
     names = [f"{manifest.path}, line {n}" for n in manifest.line_numbers]
-    aligned = align_references(labels, label_rate, references, reference_rate, names)
+    aligned = align_references(labels, label_rate, references, reference.rate, names)
     report = cluster_quality(labels, n_clusters, aligned)
     path = os.path.join(directory, "quality.json")
     with open(path + ".partial", "w") as f:
-        json.dump({"reference": cfg.reference_name, **report.as_dict()}, f, indent=2)
+        json.dump({"reference": reference.name, **report.as_dict()}, f, indent=2)
         f.write("\n")
     os.replace(path + ".partial", path)
-    logger.info(f"{directory}: train labels vs {cfg.reference_name}: {report.format()}")
+    logger.info(f"{os.path.basename(directory)}: train labels vs {reference.name}: {report.format()} ({path})")
 
 
-def run_iterations(cfg: IterationsConfig) -> List[str]:
-    """Run iterations 1..cfg.iterations; returns each iteration's last checkpoint."""
+def check_inputs(cfg: IterationsConfig) -> None:
+    """The manifests and the training config exist (before any work is done)."""
     for split in SPLITS:
         if not os.path.isfile(os.path.join(cfg.manifest_dir, f"{split}.tsv")):
             raise IterationsError(f"{cfg.manifest_dir}: no {split}.tsv (scripts/make_manifest.py writes them)")
+    config = os.path.join(cfg.config_dir, f"{cfg.config_name}.yaml")
+    if not os.path.isfile(config):
+        raise IterationsError(
+            f"{config}: training config not found (--config-dir is the folder of the musicHuBERT "
+            f"configs, examples/musichubert in the repository; --config-name one of its files)"
+        )
+
+
+def dry_run(cfg: IterationsConfig) -> str:
+    """Check the inputs and let fairseq-hydra-train compose iteration 1's training config
+    (hydra's ``--cfg job``: nothing is trained or written); returns the composed config."""
+    check_inputs(cfg)
+    directory = iteration_dir(cfg, 1)
+    command = train_command(cfg, directory, os.path.join(directory, "labels"), cfg.first_frame_rate) + ["--cfg", "job"]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise IterationsError(f"{' '.join(command)} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc.stdout
+
+
+def run_iterations(cfg: IterationsConfig, reference: Optional[ReferenceLabels] = None) -> List[str]:
+    """Run iterations 1..cfg.iterations; returns each iteration's last checkpoint. With
+    ``reference``, each iteration's train labels are scored against it (``quality.json``)."""
+    check_inputs(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
     with open(os.path.join(cfg.work_dir, "iterations.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=2)
         f.write("\n")
-    return [run_iteration(cfg, i) for i in range(1, cfg.iterations + 1)]
+    checkpoints = []
+    for i in range(1, cfg.iterations + 1):
+        logger.info(f"iteration {i} of {cfg.iterations}: {iteration_dir(cfg, i)}")
+        checkpoints.append(run_iteration(cfg, i, reference))
+    return checkpoints

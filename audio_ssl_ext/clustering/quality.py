@@ -180,6 +180,17 @@ def align_references(
     return aligned
 
 
+@dataclass
+class ReferenceLabels:
+    """Frame labels to score pseudo-labels against: {path relative to the manifest root: int
+    labels} at ``rate`` frames per second (the demo corpus' pitch or event labels, for example)."""
+
+    name: str  # what they are ("pitch"), for the report
+    by_file: Dict[str, np.ndarray]
+    rate: float
+    where: str  # where they came from, for error messages
+
+
 def references_in_manifest_order(by_file: Dict[str, np.ndarray], manifest: Manifest, where: str) -> List[np.ndarray]:
     """Reference labels keyed by the manifest's relative paths (the demo corpus' format) -> list."""
     missing = [f for f in manifest.files if f not in by_file]

@@ -825,3 +825,17 @@ def read_frame_labels(corpus_dir: str, name: str = "pitch") -> Dict[str, np.ndar
         labels[fields[0]] = values
     return labels
 
+
+
+def reference_labels(corpus_dir: str, name: str = "pitch"):
+    """The corpus' frame labels ``name`` as ``clustering.quality.ReferenceLabels``, the reference
+    that ``scripts/hubert_iterations.py --demo-corpus`` and ``scripts/cluster_quality.py`` score
+    pseudo-labels against (keyed by the paths a manifest over the corpus holds)."""
+    from audio_ssl_ext.clustering.quality import ReferenceLabels  # imports fairseq: only when asked
+
+    return ReferenceLabels(
+        name=name,
+        by_file=read_frame_labels(corpus_dir, name),
+        rate=float(read_label_info(corpus_dir)["label_rate"]),
+        where=corpus_dir,
+    )

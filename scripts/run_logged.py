@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Run a fairseq training command with its whole output in a log file and a progress bar on the terminal.
+
+    scripts/run_logged.py LOG [--desc NAME] -- fairseq-hydra-train --config-dir ... --config-name ...
+
+Everything the command prints (fairseq's config dump, hydra's warnings, every logged update) is
+appended to LOG; the terminal shows one bar over the updates with the last train and valid loss.
+On failure the end of LOG is printed. Exits with the command's status. `make demo` runs each
+learner's training through it.
+"""
+
+import argparse
+import sys
+
+from audio_ssl_ext.clustering.iterations import run_logged
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("log", help="file that receives the whole output (appended)")
+    parser.add_argument("--desc", default="training", help="label of the progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (put it after --)")
+    returncode = run_logged(command, args.log, progress=not args.quiet, desc=args.desc)
+    if returncode != 0:
+        with open(args.log) as f:
+            tail = f.read()[-3000:]
+        print(f"{tail}\nerror: {command[0]} failed (exit {returncode}), whole output in {args.log}", file=sys.stderr)
+    return returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
