@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label-rate", type=float, default=None, help="task.label_rate of training (default: dumped rate)")
     parser.add_argument("--sample-rate", type=int, default=None, help="audio sample rate (default: dumped rate)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     try:
         apply_kmeans(
             args.feat_dir, args.split, args.nshard, args.kmeans, args.label_dir, args.name,

@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the test suite's subset (seconds to build)")
     parser.add_argument("--seed", type=int, default=0, help="draws note velocities and word orders")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     start = time.time()
     tasks = build_eval_tasks(args.out_dir, small=args.small, seed=args.seed)
     for task in tasks:

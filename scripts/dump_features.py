@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     if args.checkpoint is not None and args.layer is None:
         parser.error("--checkpoint needs --layer")
     if args.feature is not None and args.layer is not None:

@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nredo", type=int, default=1, help="best seedings refined by Lloyd; the lowest inertia wins")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s")
+    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     log = logging.getLogger("learn_kmeans")
     try:
         shards = read_shards(args.feat_dir, args.split, args.nshard)

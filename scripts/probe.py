@@ -47,9 +47,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/probe")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # fairseq's import leaves the root logger at DEBUG: keep matplotlib's font search out of the log.
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
 
     tasks = sorted(os.path.join(args.tasks_dir, d) for d in os.listdir(args.tasks_dir)
                    if os.path.isfile(os.path.join(args.tasks_dir, d, "task_metadata.json")))

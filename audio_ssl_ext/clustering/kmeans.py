@@ -19,9 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
-import faiss
 import numpy as np
 import torch
+
+# faiss's loader reports at DEBUG/INFO which instruction-set build it tries, and a missing AVX2
+# build (the usual case of the pip wheel) reads like an error. Its warnings and errors still show,
+# and a faiss that cannot load at all still raises ImportError.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+import faiss  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
