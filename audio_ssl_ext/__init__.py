@@ -3,14 +3,19 @@
 Importing the package registers its tasks, models and criteria with fairseq's registries, so
 ``common.user_dir`` pointing here (or ``import audio_ssl_ext``) is all fairseq needs.
 
-    data/        manifests, checked audio reading, label files, fairseq datasets
+    data/        manifests, checked audio reading, label files, the fairseq dataset
     features/    spectral frontends (log-mel, MFCC+deltas, chroma, CQT), batched, any device
-    modules/     blocks shared by the learners (masking, EMA, patches, ViT blocks, attention)
-    models/      one file per learner, registered by name
+    modules/     what the learners share: the Learner base and feature interface (learner.py),
+                 the two feature families (conv_features.py, spectrogram_frontend.py), masking,
+                 EMA teacher, collapse guard, patches, ViT blocks, multi-window attention
+    models/      one file per learner, registered by name: config, architecture, loss
     criterions/  only where fairseq's own criteria do not fit
     tasks/       the waveform task (frame labels optional) and the fixed-crop task
-    clustering/  feature dumping, faiss k-means, label writing, cluster quality
-    downstream/  load_model, s3prl upstream, HEAR module, probe
+    clustering/  feature dumping, faiss k-means, label writing, cluster quality, iterations
+    downstream/  load_model over the feature interface, s3prl upstream, probe, HEAR task folders
+    hear.py      the HEAR API module (HEAR imports it by this name: audio_ssl_ext.hear)
+    tools/       demo corpus and evaluation-task builders for scripts and tests; nothing above
+                 imports them
 """
 
 __version__ = "0.1.0"

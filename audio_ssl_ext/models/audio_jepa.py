@@ -1,28 +1,10 @@
-"""Audio-JEPA: joint-embedding predictive learning on log-mel patches.
+"""Audio-JEPA: a context encoder and a predictor regress an EMA target encoder's embeddings of
+masked log-mel patches (recipe, options and the paper: examples/audiojepa/README.md).
 
-Riou, Lattner, Hadjeres, Peeters, "Investigating Design Choices in Joint-Embedding Predictive
-Architectures for General Audio Representation Learning" (arXiv 2405.08679); reference code
-SonyCSLParis/audio-representations (unstructured masking only). The input is cut into context
-and target patches; a context encoder (ViT) encodes the context, a narrower predictor ViT takes
-those tokens plus mask tokens placed at the target positions and predicts what a target encoder,
-an exponential moving average of the context encoder that gets no gradients, makes of the
-targets. The loss is (smooth) L1 against the target encoder's outputs, each token layer-normalised
-without affine parameters (I-JEPA's and the reference's "norm_pix_loss").
-
-The paper's three comparisons are options of this one model:
-
-- ``masking``: ``unstructured`` (random patches; the paper's best), ``multi_block`` (I-JEPA:
-  several rectangular target blocks, the context a large block minus them), ``time`` (whole time
-  steps across all frequencies); the mask generators are in ``modules/masking.py``;
-- ``target_domain``: ``audio`` (the target encoder sees only the target patches; the paper's
-  better choice) or ``latent`` (it sees the whole input and the targets are picked after it);
-- the crop duration (2.08 / 3.2 / 6.4 s): the task's crop, which fixes the patch grid.
-
-What a long fairseq run needs: masks drawn from (seed, update, sample ids) so a resumed run sees
-the masks an uninterrupted one would (the crop_pretraining task passes the ids); the target
-encoder steps once per optimizer update whatever ``update_freq`` is, and its fp32 weights and
-step count are part of the checkpoint (``modules/ema.py``). The model returns its loss for
-fairseq's ``model`` criterion.
+The paper's comparisons are options of this one model: ``masking`` (the generators are in
+modules/masking.py), ``target_domain`` and the crop (``input_frames``). The loss, for fairseq's
+``model`` criterion, is the sum over target patches of the per-patch (smooth) L1 against
+layer-normalised targets, ``sample_size`` the number of those patches.
 """
 
 from dataclasses import dataclass, field
@@ -122,7 +104,6 @@ class AudioJepaConfig(PatchEncoderConfig):
     ema_decay: float = field(default=0.99995, metadata={"help": "decay at update 0"})
     ema_end_decay: float = field(default=0.99999, metadata={"help": "decay at ema_anneal_end_step"})
     ema_anneal_end_step: int = II("optimization.max_update")
-
 
 
 class PatchEncoder(nn.Module):

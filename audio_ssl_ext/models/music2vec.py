@@ -1,23 +1,9 @@
-"""music2vec: data2vec 1.0 trained on music (Li et al. 2022, arXiv 2212.02508; arXiv 2307.05161).
+"""music2vec: data2vec 1.0 on music (recipe, options and the paper: examples/music2vec/README.md).
 
-A student sees the waveform with time spans of its conv features replaced by a learned mask
-embedding and regresses, at the masked frames, the average of the top K layers of an
-exponential-moving-average teacher that sees the same features unmasked. The teacher's targets
-are the feed-forward outputs of its layers before the last residual and layer norm (fairseq's
-``layer_results[i][2]``), each instance-normalised over time.
-
-Built from fairseq's pieces: ``ConvFeatureExtractionModel`` and ``TransformerEncoder`` (wav2vec
-2.0), ``compute_mask_indices`` (seeded per sample), ``EMAModule`` (through
-``audio_ssl_ext.modules.ema.EMATeacher``), and the ``model`` criterion (through
-``model_with_sample_ids``, which also passes the batch's sample ids). The maths is fairseq's
-``data2vec_audio``; what differs is what a long run on a cluster needs:
-
-- masks and layer drop are drawn from (seed, update, sample ids), not from unseeded or
-  process-global generators, so a resumed run sees the masks an uninterrupted one would;
-- the teacher moves once per optimizer update, also with ``update_freq > 1``;
-- the teacher's fp32 weights and its step count are part of the checkpoint;
-- the collapse guards start after ``min_var_after_updates`` (fixed to 5000 in data2vec) and stop
-  the run with a message that says what collapsed.
+fairseq's wav2vec 2.0 blocks; the maths is fairseq's ``data2vec_audio``. What differs is what a
+long run on a cluster needs: masks and layer drop drawn from (seed, update, sample ids), the
+teacher stepped once per optimizer update and kept in the checkpoint (``modules/ema.py``), and
+collapse guards with a configurable start.
 """
 
 import math
@@ -43,7 +29,6 @@ from omegaconf import II
 from audio_ssl_ext.modules.collapse import check_collapse
 from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures, conv_output_lengths
 from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
-
 
 
 @dataclass

@@ -1,29 +1,8 @@
-"""musicHuBERT: fairseq's HuBERT trained on music, with what music pre-training adds.
-
-HuBERT (Hsu et al., 2021) predicts, at masked frames, the k-means cluster ids of frame features:
-MFCC clusters in the first iteration, clusters of a trained layer in the next. "On the
-Effectiveness of Speech Self-supervised Learning for Music" (Ma et al., 2023, arXiv 2307.05161)
-trains it on music (musicHuBERT) and finds it weak on pitch and harmony; MERT (Li et al., 2023)
-adds musical targets and a CQT reconstruction loss. This model is fairseq's ``HubertModel``
-(``fairseq/models/hubert/hubert.py``: conv extractor, span masking, transformer, cosine-similarity
-logits against label embeddings) with three additions:
-
-- several label sets at once (e.g. MFCC k=100, chroma k=24, log-mel k=500): fairseq's model
-  already predicts one logit list per set; their loss weights live in the ``music_hubert``
-  criterion (fairseq's ``hubert`` criterion sums them with weight 1). All sets share
-  ``task.label_rate``; the task refuses a label file at another rate.
-- ``audio_cqt_loss_m``: MERT's auxiliary loss, a linear regression of the constant-Q magnitude
-  spectrum (336 bins, 48 per octave from 32.7 Hz) from the transformer output at masked frames,
-  mean squared error, off by default. It is an extra loss (``get_extra_losses``: ``features_pen``,
-  then ``cqt``), weighted by ``criterion.loss_weights`` (MERT: [10, 1]).
-- masks drawn from (``common.seed``, update, sample id) with fairseq's own
-  ``compute_mask_indices(seed=, epoch=, indices=)``: fairseq's HuBERT draws them from fresh OS
-  entropy, so no two runs, and no resumed run, see the same masks. The ``music_hubert`` criterion
-  passes the batch's ids.
-
-Front ends: fairseq's conv stack downsamples 320x, i.e. 50 Hz frames at 16 kHz and 75 Hz at
-24 kHz (MERT's setting: ``task.sample_rate=24000 task.label_rate=75``); any
-``conv_feature_layers`` works, the CQT loss follows the resulting frame rate.
+"""musicHuBERT: fairseq's ``HubertModel`` trained on music (recipe, options and the papers:
+examples/musichubert/README.md), with three additions: several label sets at one label rate
+(their weights live in the ``music_hubert`` criterion), MERT's CQT reconstruction loss
+(``audio_cqt_loss_m``, an extra loss after ``features_pen``), and masks drawn from
+(seed, update, sample id), where fairseq draws them from fresh OS entropy.
 """
 
 from dataclasses import dataclass, field
@@ -39,7 +18,6 @@ from omegaconf import II
 from torch import nn
 
 from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures
-
 
 CQT_F_MIN = 32.7  # C1, MERT's lowest CQT bin
 

@@ -1,25 +1,11 @@
-"""MW-MAE (Yadav et al. 2023, "Masked Autoencoders with Multi-Window Local-Global Attention Are
-Better Audio Learners", arXiv 2306.00561) and its MAE baseline, on log-mel patches.
+"""MW-MAE and its MAE baseline on log-mel patches (recipe, options and the paper:
+examples/mwmae/README.md).
 
-One model, two registered names:
-
-- ``mw_mae``: the decoder's attention is Multi-Window Multi-Head Attention (head i attends within
-  windows of w_i consecutive patches, 0 = global; by default the paper's rule: every non-unary
-  factor of the patch count plus two global heads, [2, 5, 10, 25, 50, 125, 0, 0] for 250
-  patches), optionally in the encoder too.
-- ``audio_mae``: every head global, i.e. MAE (He et al. 2022) on the same code: the paper's
-  baseline. (``mae`` is taken by fairseq's bundled data2vec examples.)
-
-Pretraining, as in MAE: waveform crop -> standardized log-mel (200 x 80 for 2 s) -> 4 x 16
-patches (250, time-major) + fixed 2-D sine-cosine positions -> keep a random 20% -> ViT encoder
--> linear to the decoder width -> mask tokens at the masked places + fixed 1-D sine-cosine
-positions -> decoder -> linear to the patch -> MSE on the masked patches (no per-patch target
-normalisation unless ``norm_pix_loss``, the paper's choice). The model returns its loss for
-fairseq's ``model`` criterion: the sum over masked patches of the per-patch mean squared error,
-with ``sample_size`` the number of those patches, so fairseq logs the mean per-patch MSE.
-
-Masks are drawn per sample from a generator seeded by (common.seed, update number, sample id):
-a resumed run draws the masks the uninterrupted run would have, whatever the batch composition.
+One model, two names: ``mw_mae`` (the decoder's heads attend within windows, modules/
+multi_window_attention.py) and ``audio_mae`` (every head global, i.e. MAE; ``mae`` is taken by
+fairseq's bundled data2vec examples). The loss, for fairseq's ``model`` criterion, is the sum over
+masked patches of the per-patch mean squared error with ``sample_size`` the number of those
+patches, so fairseq logs the mean per-patch MSE.
 """
 
 import logging
@@ -37,6 +23,7 @@ from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncod
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class AudioMaeConfig(PatchEncoderConfig):

@@ -14,10 +14,8 @@ The two families implement it once each: ``conv_features.ConvTransformerFeatures
 extractor and fairseq's TransformerEncoder) and ``spectrogram_frontend.PatchEncoderFeatures``
 (a ViT over log-mel patches).
 
-Mask seeding, for every learner: a mask is a function of (``common.seed``, a stream, the update
-number, the sample id), never of a process-global generator, so a resumed run draws the masks an
-uninterrupted one would, whatever the batch composition or the number of workers. The criterion
-hands the batch's ids to the model (``model_with_sample_ids``, or ``music_hubert``).
+Masks are drawn from (``common.seed``, stream, update, sample id), the ids handed over by the
+criterion: the rule and why are in the README's "Seeded training".
 """
 
 from typing import List, Optional, Tuple
