@@ -32,6 +32,8 @@ def test_config_composes_with_the_registered_model_and_task(path):
     from fairseq.tasks import TASK_REGISTRY
 
     learner, name = os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0]
+    with open(path) as f:  # a primary config is the root: hydra warns on `# @package _group_` there
+        assert not f.readline().startswith("# @package"), path
     cfg = compose_example_config(learner, name, ["task.data=/nonexistent"])
     assert cfg.common.user_dir == "audio_ssl_ext"
     assert cfg.model._name in MODEL_REGISTRY and cfg.task._name in TASK_REGISTRY
