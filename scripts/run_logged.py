@@ -20,9 +20,9 @@ def main(argv=None) -> int:
     parser.add_argument("log", help="file that receives the whole output (appended)")
     parser.add_argument("--desc", default="training", help="label of the progress bar")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    argv = sys.argv[1:] if argv is None else list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, command = parser.parse_args(argv[:split]), argv[split + 1 :]
     if not command:
         parser.error("no command given (put it after --)")
     returncode = run_logged(command, args.log, progress=not args.quiet, desc=args.desc)

@@ -3,10 +3,11 @@ then a rerun that skips every finished stage and redoes only what was removed.""
 
 import json
 import os
+import sys
 
 import pytest
 
-from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations
+from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations, run_logged
 from audio_ssl_ext.clustering.shards import read_shard
 from audio_ssl_ext.tools.demo_corpus import reference_labels
 from tests.utils import REPO_ROOT
@@ -79,3 +80,28 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     cfg.clusters = [20, 40]
     with pytest.raises(IterationsError, match=r"iter2/params\.json: this iteration was run with other settings \(n_clusters"):
         run_iterations(cfg, reference)
+
+
+FAKE_TRAINING = r"""
+import sys
+print("{'optimization': {'max_update': 3}}")
+print("UserWarning: deprecated keyword in package header", file=sys.stderr)
+for i in (1, 2, 3):
+    print(f"2026 | INFO | train_inner | epoch 001:  {i} / 3 loss=1.{i}, ntokens=2, num_updates={i}, lr=0.1")
+print("2026 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 0.9 | num_updates 3")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_run_logged_keeps_the_whole_output_in_the_log_and_the_terminal_quiet(tmp_path, capfd):
+    log = tmp_path / "sub" / "train.log"
+    command = [sys.executable, "-c", FAKE_TRAINING]
+    assert run_logged(command + ["0"], str(log), progress=True, desc="fake") == 0
+    captured = capfd.readouterr()
+    written = log.read_text()
+    assert written.splitlines()[0].startswith("$ ") and "deprecated keyword" in written and "num_updates=3" in written
+    terminal = captured.out + captured.err
+    assert "3/3" in terminal and "valid_loss=0.9" in terminal  # the bar
+    assert "deprecated keyword" not in terminal and "train_inner" not in terminal
+    assert run_logged(command + ["3"], str(log), progress=False) == 3
+    assert capfd.readouterr().err == "" and log.read_text().count("$ ") == 2  # appended

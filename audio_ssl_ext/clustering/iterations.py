@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -207,30 +208,33 @@ def run_logged(command: Sequence[str], log_path: str, progress: bool = True, des
     config fairseq logs first) with the last train and valid loss, when ``progress``. Returns
     the exit status."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    bar = tqdm(total=None, desc=desc, unit="update", disable=not progress, dynamic_ncols=True)
-    postfix = {}
+    bar, total, postfix = None, None, {}
     with open(log_path, "a") as log:
-        log.write(f"$ {' '.join(command)}\n")
+        log.write(f"$ {shlex.join(command)}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         for line in process.stdout:
             log.write(line)
-            if bar.total is None and (m := _MAX_UPDATE.search(line)) and int(m.group(1)) > 0:
-                bar.total = int(m.group(1))
-                bar.refresh()
+            if total is None and (m := _MAX_UPDATE.search(line)):
+                total = int(m.group(1)) or None
+            updates, valid = None, None
             if m := _RESUMED.search(line):
-                bar.n = int(m.group(1))
-                bar.refresh()
+                updates = int(m.group(1))
             elif m := _TRAIN_INNER.search(line):
-                postfix["loss"] = m.group(1)
-                bar.update(int(m.group(2)) - bar.n)
-                bar.set_postfix(postfix, refresh=False)
+                postfix["loss"], updates = m.group(1), int(m.group(2))
             elif m := _VALID.search(line):
-                postfix["valid_loss"] = m.group(1)
-                bar.set_postfix(postfix)
+                postfix["valid_loss"] = valid = m.group(1)
+            if not progress or (updates is None and valid is None):
+                continue
+            if bar is None:
+                bar = tqdm(total=total, desc=desc, unit="update", dynamic_ncols=True)
+            bar.set_postfix(postfix, refresh=updates is None)
+            if updates is not None:
+                bar.update(updates - bar.n)
         process.wait()
-    bar.close()
+    if bar is not None:
+        bar.close()
     return process.returncode
 
 
