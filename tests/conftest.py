@@ -10,8 +10,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from audio_ssl_ext.tools.demo_corpus import make_demo_corpus  # noqa: E402
 from audio_ssl_ext.data.make_manifest import ManifestOptions, build_manifests  # noqa: E402
+from audio_ssl_ext.tools.demo_corpus import make_demo_corpus  # noqa: E402
 
 # Two threads: the size of CI's machine, and tests then do not fight over cores.
 torch.set_num_threads(2)
@@ -22,7 +22,7 @@ logging.getLogger("numba").setLevel(logging.WARNING)
 
 @pytest.fixture(scope="session")
 def demo_corpus(tmp_path_factory):
-    """16 clips x 3 s at 16 kHz (4 per class), with clip and frame labels (see demo_corpus.py)."""
+    """16 clips x 3 s at 16 kHz (4 per class), with clip and frame labels (see tools/demo_corpus.py)."""
     return make_demo_corpus(str(tmp_path_factory.mktemp("demo_corpus")), num_clips=16, clip_seconds=3.0)
 
 
