@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label-rate", type=float, default=None, help="task.label_rate of training (default: dumped rate)")
     parser.add_argument("--sample-rate", type=int, default=None, help="audio sample rate (default: dumped rate)")
     args = parser.parse_args(argv)
-    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
+    # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     try:
         apply_kmeans(

@@ -21,7 +21,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="the test suite's subset (seconds to build)")
     parser.add_argument("--seed", type=int, default=0, help="draws note velocities and word orders")
     args = parser.parse_args()
-    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
+    # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     start = time.time()
     tasks = build_eval_tasks(args.out_dir, small=args.small, seed=args.seed)

@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
-    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
+    # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     if args.checkpoint is not None and args.layer is None:
         parser.error("--checkpoint needs --layer")

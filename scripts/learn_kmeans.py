@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nredo", type=int, default=1, help="best seedings refined by Lloyd; the lowest inertia wins")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
+    # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     log = logging.getLogger("learn_kmeans")
     try:

@@ -47,7 +47,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="results/probe")
     args = parser.parse_args()
-    # force: importing fairseq left a DEBUG root handler (see scripts/hubert_iterations.py)
+    # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
+    # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
 
     tasks = sorted(os.path.join(args.tasks_dir, d) for d in os.listdir(args.tasks_dir)
