@@ -36,8 +36,15 @@ from tqdm import tqdm
 from audio_ssl_ext.clustering.dump import CheckpointFeatures, FrontendFeatures, dump_features, read_shard_info
 from audio_ssl_ext.clustering.kmeans import learn_kmeans
 from audio_ssl_ext.clustering.pseudo_labels import apply_kmeans
-from audio_ssl_ext.clustering.quality import ReferenceLabels
+from audio_ssl_ext.clustering.quality import (
+    ReferenceLabels,
+    align_references,
+    cluster_quality,
+    read_label_lines,
+    references_in_manifest_order,
+)
 from audio_ssl_ext.clustering.shards import read_shards, sample_rows, shard_exists
+from audio_ssl_ext.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -254,14 +261,6 @@ def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: flo
 def write_quality(
     cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float, n_clusters: int, reference: ReferenceLabels
 ) -> None:
-    from audio_ssl_ext.clustering.quality import (
-        align_references,
-        cluster_quality,
-        read_label_lines,
-        references_in_manifest_order,
-    )
-    from audio_ssl_ext.data.manifest import read_manifest
-
     manifest = read_manifest(os.path.join(cfg.manifest_dir, "train.tsv"))
     labels = read_label_lines(os.path.join(label_dir, f"train.{LABEL_NAME}"), manifest)
     references = references_in_manifest_order(reference.by_file, manifest, reference.where)
