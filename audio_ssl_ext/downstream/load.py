@@ -323,7 +323,7 @@ def read_checkpoint(path: str) -> dict:
     elif not isinstance(state["cfg"], DictConfig):
         state["cfg"] = OmegaConf.create(state["cfg"], flags={"allow_objects": True})
     # fairseq's upgrade of older training checkpoints (optimizer history, old arg names); files
-    # written by `write_untrained_checkpoint` hold a model only.
+    # written by the tests (tests/utils.write_untrained_checkpoint) hold a model only.
     return checkpoint_utils._upgrade_state_dict(state) if "optimizer_history" in state else state
 
 
