@@ -8,11 +8,13 @@
 ``get_timestamp_embeddings`` gives one embedding per model frame (the hidden state of ``layer``),
 stamped with the frame's centre in milliseconds; ``get_scene_embeddings`` is their mean over time.
 ``layer`` is an index into the hidden states (0 = the encoder's input, -1 = the last layer),
-``"last"``, or ``"mean"`` (the average of all hidden states). HEAR accepts 16000, 22050, 44100 or
+``"last"``, or ``"mean"`` (the average of all hidden states). ``features`` picks the set of hidden
+states of a learner that has several; ``scene="utterance"`` makes the scene embedding the model's
+pooled utterance embedding (where it has one) instead of the mean of the timestamp embeddings. HEAR accepts 16000, 22050, 44100 or
 48000 Hz: a model trained at another rate (24 kHz, as MERT) declares 16000 and resamples inside.
 """
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -24,14 +26,22 @@ HEAR_SAMPLE_RATES = (16000, 22050, 44100, 48000)
 
 
 class HearModel(nn.Module):
-    def __init__(self, model: DownstreamModel, layer: Union[int, str] = "last"):
+    def __init__(self, model: DownstreamModel, layer: Union[int, str] = "last", scene: str = "mean"):
         super().__init__()
         self.model = model
         self.layer = resolve_layer(layer, model.num_layers)
         rate = model.sample_rate
         self.sample_rate = rate if rate in HEAR_SAMPLE_RATES else 16000
-        self.scene_embedding_size = int(model.hidden_dim)
         self.timestamp_embedding_size = int(model.hidden_dim)
+        if scene not in ("mean", "utterance"):
+            raise ValueError(f"scene must be 'mean' or 'utterance', got {scene!r}")
+        if scene == "utterance" and not model.has_utterance_embedding:
+            raise ValueError(f"scene='utterance': {model.name} pools no utterance embedding")
+        self.scene = scene
+        self.scene_embedding_size = int(model.hidden_dim)
+        if scene == "utterance":
+            probe = model.utterance_embedding([torch.zeros(model.min_samples)], sample_rate=model.sample_rate)
+            self.scene_embedding_size = int(probe.size(-1))
 
     def embeddings(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, S) audio at ``sample_rate`` -> (B, F, D) embeddings and (B,) real frames."""
@@ -59,12 +69,19 @@ def resolve_layer(layer: Union[int, str], num_layers: int) -> Union[int, str]:
     return index % num_layers
 
 
-def load_model(model_file_path: str = "", layer: Union[int, str] = "last", device: str = "cpu") -> HearModel:
+def load_model(
+    model_file_path: str = "",
+    layer: Union[int, str] = "last",
+    device: str = "cpu",
+    features: Optional[str] = None,
+    scene: str = "mean",
+) -> HearModel:
     if not model_file_path:
         raise ValueError(
             "audio_ssl_ext.hear.load_model needs a checkpoint: hear-validator audio_ssl_ext.hear -m CKPT"
         )
-    return HearModel(load_downstream_model(model_file_path, device=device), layer=layer)
+    model = load_downstream_model(model_file_path, device=device, features=features)
+    return HearModel(model, layer=layer, scene=scene)
 
 
 def frame_times_ms(model: HearModel, num_frames: int, batch: int) -> torch.Tensor:
@@ -81,6 +98,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    if model.scene == "utterance":
+        return model.model.utterance_embedding(audio, sample_rate=model.sample_rate).to(audio.device)
     # HEAR batches hold clips of one length, so every frame is real; the mask is for safety.
     embeddings, lengths = model.embeddings(audio)
     real = (torch.arange(embeddings.size(1), device=embeddings.device)[None, :] < lengths[:, None]).float()

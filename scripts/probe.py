@@ -3,11 +3,13 @@
 
     python scripts/probe.py --tasks-dir eval_tasks --checkpoint musichubert=ckpt.pt \\
         [--checkpoint music2vec=other.pt ...] [--layer weighted|last|mean|N] [--seeds 5] \\
-        [--out results/probe]
+        [--features NAME=SET ...] [--out results/probe]
 
 Every sub-folder of --tasks-dir holding a task_metadata.json is a task (scripts/build_eval_tasks.py
 writes them). Each checkpoint also brings its random-init twin ("NAME (random init)": the same
-config with fresh weights); "log-mel stats" is always included. Writes probe.json, probe.md and
+config with fresh weights); "log-mel stats" is always included. ``--features NAME=SET`` picks the
+hidden states of a learner that has several (JOOCI: content, other, both), or ``utterance`` for
+its pooled utterance embedding; the same checkpoint may be named twice with different sets. Writes probe.json, probe.md and
 probe.png to --out and prints the table. See audio_ssl_ext/downstream/probe.py for the protocol.
 """
 
@@ -19,6 +21,7 @@ from audio_ssl_ext.downstream.load import load_model
 from audio_ssl_ext.downstream.probe import (
     ProbeConfig,
     checkpoint_embedder,
+    utterance_embedder,
     logmel_statistics_embedder,
     markdown_table,
     run_probe,
@@ -35,10 +38,19 @@ def named_checkpoint(text: str):
     return name, path
 
 
+def named_features(text: str):
+    name, sep, choice = text.partition("=")
+    if not sep or not name or not choice:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=SET")
+    return name, choice
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks-dir", required=True)
     parser.add_argument("--checkpoint", action="append", type=named_checkpoint, default=[], metavar="[NAME=]PATH")
+    parser.add_argument("--features", action="append", type=named_features, default=[], metavar="NAME=SET",
+                        help="hidden-state set of checkpoint NAME, or 'utterance' (its pooled embedding)")
     parser.add_argument("--no-random-init", action="store_true", help="leave out the random-init baselines")
     parser.add_argument("--layer", default="weighted", help="weighted (learned), last, mean, or a hidden-state index")
     parser.add_argument("--seeds", type=int, default=5)
@@ -55,11 +67,19 @@ def main() -> None:
                    if os.path.isfile(os.path.join(args.tasks_dir, d, "task_metadata.json")))
     if not tasks:
         parser.error(f"{args.tasks_dir}: no task folders (run scripts/build_eval_tasks.py first)")
+    features = dict(args.features)
+    unknown = sorted(set(features) - {name for name, _ in args.checkpoint})
+    if unknown:
+        parser.error(f"--features names no --checkpoint: {unknown}")
     embedders = {}
     for name, path in args.checkpoint:
-        embedders[name] = checkpoint_embedder(load_model(path, device=args.device))
-        if not args.no_random_init:
-            embedders[f"{name} (random init)"] = checkpoint_embedder(load_model(path, device=args.device, random_init=True))
+        choice = features.get(name)
+        for suffix, random_init in (("", False), (" (random init)", True)):
+            if random_init and args.no_random_init:
+                continue
+            model = load_model(path, device=args.device, random_init=random_init,
+                               features=None if choice == "utterance" else choice)
+            embedders[name + suffix] = utterance_embedder(model) if choice == "utterance" else checkpoint_embedder(model)
     embedders["log-mel stats"] = logmel_statistics_embedder()
     cfg = ProbeConfig(seeds=args.seeds, layer=args.layer, max_epochs=args.max_epochs, patience=args.patience)
     results = run_probe(tasks, embedders, cfg)

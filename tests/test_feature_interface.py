@@ -51,7 +51,19 @@ class ThrowawayLearner(Learner, BaseFairseqModel):
         frames = int(lengths.max()) // HOP
         first = self.proj(source[:, : frames * HOP].reshape(source.size(0), frames, HOP))
         padding = torch.arange(frames)[None, :] >= (lengths // HOP)[:, None]
-        return [h.masked_fill(padding[..., None], 0.0) for h in (first, torch.tanh(first))]
+        states = [first, torch.tanh(first)] if self.features != "tanh" else [torch.tanh(first)]
+        return [h.masked_fill(padding[..., None], 0.0) for h in states]
+
+    features = None
+
+    def select_features(self, features):
+        if features not in (None, "tanh"):
+            raise ValueError(f"features={features!r}: None or 'tanh'")
+        self.features = features
+
+    def utterance_embedding(self, source, lengths):
+        frames = self.hidden_states(source, lengths)[-1]
+        return frames.sum(1) / (lengths // HOP)[:, None]
 
 
 if "throwaway_learner" not in MODEL_REGISTRY:  # pytest may import this file twice
@@ -94,6 +106,43 @@ def test_a_new_learner_serves_s3prl_and_hear(throwaway_checkpoint):
     assert hear.get_scene_embeddings(torch.randn(3, 8000) * 0.1, module).shape == (3, 8)
 
 
+def test_feature_sets_and_utterance_embedding_reach_every_client(throwaway_checkpoint, tmp_path):
+    wavs = torch.randn(2, 8000, generator=torch.Generator().manual_seed(1)) * 0.1
+    lengths = torch.tensor([8000, 3200])
+    both = load_model(throwaway_checkpoint)
+    only_tanh = load_model(throwaway_checkpoint, features="tanh")
+    assert (both.num_layers, only_tanh.num_layers) == (2, 1)
+    torch.testing.assert_close(only_tanh.extract_features(wavs, lengths).hidden_states[0],
+                               both.extract_features(wavs, lengths).hidden_states[1])
+    with pytest.raises(ValueError, match="'tanh'"):
+        load_model(throwaway_checkpoint, features="spectral")
+
+    utterance = both.utterance_embedding(wavs, lengths)
+    expected = torch.stack([torch.tanh(both.model.proj(wavs[i, : n].reshape(-1, HOP))).mean(0)
+                            for i, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(utterance, expected)
+
+    module = hear.load_model(throwaway_checkpoint, features="tanh", scene="utterance")
+    assert module.model.num_layers == 1
+    torch.testing.assert_close(hear.get_scene_embeddings(wavs, module), both.utterance_embedding(wavs))
+
+    assert UpstreamExpert(throwaway_checkpoint, "features=tanh").model.num_layers == 1
+    options = tmp_path / "upstream.yaml"
+    options.write_text("features: tanh\n")
+    assert UpstreamExpert(throwaway_checkpoint, str(options)).model.num_layers == 1
+    with pytest.raises(ValueError, match="unknown upstream options"):
+        UpstreamExpert(throwaway_checkpoint, "layers=3")
+
+
+def test_a_learner_with_one_set_refuses_a_feature_choice(tmp_path):
+    path = write_untrained_checkpoint(os.path.join(os.path.dirname(__file__), "..", "examples", "music2vec", "tiny.yaml"),
+                                      str(tmp_path / "m2v.pt"))
+    with pytest.raises(ValueError, match="one set of hidden states"):
+        load_model(path, features="other")
+    with pytest.raises(ValueError, match="pools no utterance embedding"):
+        hear.load_model(path, scene="utterance")
+
+
 def test_downstream_knows_no_learner_by_name():
     ours = {name for name, cls in MODEL_REGISTRY.items() if cls.__module__.startswith("audio_ssl_ext.")}
     assert {"music2vec", "music_hubert", "mw_mae", "audio_mae", "audio_jepa"} <= ours
@@ -132,6 +181,10 @@ def test_mask_streams_depend_on_the_update_in_training_only():
 
 
 def test_collapse_guard_names_what_collapsed():
-    check_collapse("m", 5, torch.tensor(0.5), torch.tensor(0.5), min_target_var=0.1, min_pred_var=0.1)
+    checks = lambda target, pred: [  # noqa: E731
+        ("target std", torch.tensor(target), "min_target_var", 0.1),
+        ("prediction std", torch.tensor(pred), "min_pred_var", 0.1),
+    ]
+    check_collapse("m", 5, checks(0.5, 0.5))
     with pytest.raises(CollapseError, match=r"m collapsed at update 5: prediction std 0.05 < model.min_pred_var=0.1"):
-        check_collapse("m", 5, torch.tensor(0.5), torch.tensor(0.05), min_target_var=0.1, min_pred_var=0.1)
+        check_collapse("m", 5, checks(0.5, 0.05))

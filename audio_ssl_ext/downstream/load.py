@@ -94,10 +94,21 @@ class FairseqWaveformModel(ConvTransformerFeatures, nn.Module):
 class DownstreamModel(nn.Module):
     """A trained model as a frozen feature extractor (see the module docstring)."""
 
-    def __init__(self, model: Learner, name: str, checkpoint: Optional[str], chunk_seconds: Optional[float] = None):
-        """``model`` implements the feature interface (``modules/learner.py``)."""
+    def __init__(
+        self,
+        model: Learner,
+        name: str,
+        checkpoint: Optional[str],
+        chunk_seconds: Optional[float] = None,
+        features: Optional[str] = None,
+    ):
+        """``model`` implements the feature interface (``modules/learner.py``); ``features``
+        picks its set of hidden states where it has several."""
         super().__init__()
         self.model = model.eval()
+        model.select_features(features)
+        self.features = features
+        self.has_utterance_embedding = type(model).utterance_embedding is not Learner.utterance_embedding
         self.name = name
         self.checkpoint = checkpoint
         self.sample_rate = int(model.sample_rate)
@@ -153,13 +164,7 @@ class DownstreamModel(nn.Module):
         model's (resampled inside with soxr). Inputs shorter than one frame are zero-padded to one
         frame.
         """
-        items = split_batch(wavs, lengths)
-        if sample_rate is not None and sample_rate != self.sample_rate:
-            items = [resample(w, sample_rate, self.sample_rate) for w in items]
-        min_samples = self.min_samples
-        items = [F.pad(w, (0, min_samples - w.numel())) if w.numel() < min_samples else w for w in items]
-        device = self.device
-        items = [w.to(device=device, dtype=torch.float32) for w in items]
+        items = self._prepare(wavs, lengths, sample_rate)
         long_input = max(w.numel() for w in items) > self.chunk_hop_samples + self.chunk_overlap_samples
         if long_input:
             per_item = [self._one_long(w) for w in items]
@@ -174,6 +179,15 @@ class DownstreamModel(nn.Module):
         else:
             per_item = self._by_equal_length(items)
         return stack_items(per_item, self.frame_rate, self.sample_rate)
+
+    def _prepare(self, wavs, lengths, sample_rate: Optional[int]) -> List[torch.Tensor]:
+        """Items as 1-D float tensors on the model's device, at its rate, at least one frame long."""
+        items = split_batch(wavs, lengths)
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            items = [resample(w, sample_rate, self.sample_rate) for w in items]
+        min_samples = self.min_samples
+        items = [F.pad(w, (0, min_samples - w.numel())) if w.numel() < min_samples else w for w in items]
+        return [w.to(device=self.device, dtype=torch.float32) for w in items]
 
     def _by_equal_length(self, items: Sequence[torch.Tensor]) -> List[List[torch.Tensor]]:
         """Batches of items of one length (no padding at all): list over items of [(T, D)]."""
@@ -235,6 +249,16 @@ class DownstreamModel(nn.Module):
             states = self.model.hidden_states(chunk[None], torch.tensor([chunk.numel()], device=wav.device))
             pieces.append([s[0].float() for s in states])
         return [torch.cat([p[layer] for p in pieces], dim=0) for layer in range(len(pieces[0]))]
+
+    @torch.no_grad()
+    def utterance_embedding(self, wavs, lengths=None, sample_rate: Optional[int] = None) -> torch.Tensor:
+        """(B, E): the model's pooled embedding of each whole item (same inputs as ``extract_features``)."""
+        if not self.has_utterance_embedding:
+            raise ValueError(f"{self.name} pools no utterance embedding")
+        items = self._prepare(wavs, lengths, sample_rate)
+        if self.batch_with_padding:
+            return self.model.utterance_embedding(*pad_batch(items)).float()
+        return torch.cat([self.model.utterance_embedding(*pad_batch([w])).float() for w in items])
 
     def forward(self, wavs, lengths=None, sample_rate=None) -> HiddenStates:
         return self.extract_features(wavs, lengths, sample_rate)
@@ -354,6 +378,7 @@ def load_model(
     seed: int = 0,
     chunk_seconds: Optional[float] = None,
     task_overrides: Optional[dict] = None,
+    features: Optional[str] = None,
 ) -> DownstreamModel:
     """A checkpoint this package trains (or a fairseq wav2vec 2.0 / HuBERT / data2vec one) -> a
     frozen ``DownstreamModel`` on ``device``.
@@ -361,7 +386,8 @@ def load_model(
     ``random_init=True`` builds the same architecture with fresh weights (``seed``): the
     random-init baseline of the probe. ``chunk_seconds`` bounds the input one forward pass sees
     (default: the model's). ``task_overrides`` changes fields of the saved task config, e.g.
-    the label_dir of a HuBERT-style model whose dictionaries moved.
+    the label_dir of a HuBERT-style model whose dictionaries moved. ``features`` picks the set of
+    hidden states of a learner that has several (its recipe lists them).
     """
     import audio_ssl_ext  # noqa: F401  (registers our models and tasks with fairseq)
 
@@ -384,9 +410,9 @@ def load_model(
         model.self_check()
     for p in model.parameters():
         p.requires_grad_(False)
-    features = DownstreamModel(model, name, path, chunk_seconds).to(device)
+    wrapped = DownstreamModel(model, name, path, chunk_seconds, features).to(device)
     logger.info(
         "loaded %s (%s): %d hidden states of %d dims at %.2f Hz from %d Hz audio",
-        path, name, features.num_layers, features.hidden_dim, features.frame_rate, features.sample_rate,
+        path, name, wrapped.num_layers, wrapped.hidden_dim, wrapped.frame_rate, wrapped.sample_rate,
     )
-    return features
+    return wrapped

@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -62,6 +62,16 @@ def checkpoint_embedder(model) -> Embedder:
         frames = torch.arange(out.hidden_states[0].size(1))[None, :] < out.lengths[:, None]
         weight = (frames.float() / frames.sum(1, keepdim=True).clamp_min(1))[..., None].to(out.hidden_states[0].device)
         return torch.stack([(h * weight).sum(1) for h in out.hidden_states], dim=1).cpu().numpy()
+
+    return embed
+
+
+def utterance_embedder(model) -> Embedder:
+    """The pooled utterance embedding of a ``DownstreamModel`` whose learner has one."""
+
+    def embed(clips: List[np.ndarray]) -> np.ndarray:
+        out = model.utterance_embedding([torch.from_numpy(c) for c in clips], sample_rate=SAMPLE_RATE)
+        return out[:, None].cpu().numpy()
 
     return embed
 

@@ -6,6 +6,9 @@
     out["hidden_states"]                  # list of (B, T, D), one per layer, all the same shape
     upstream.get_downsample_rates("hidden_states")   # 16 kHz samples per frame (an int)
 
+``-g features=NAME`` (or ``-g FILE.yaml`` holding ``features: NAME``) picks the hidden states of
+a learner that has several sets (JOOCI: content, other, both).
+
 s3prl's contract: the input is 16 kHz; T is within 5 frames of round(max_len / rate). A model at
 another rate (24 kHz) resamples inside; where its frame rate does not divide 16000 (75 Hz gives
 213.3 samples) the hidden states are linearly interpolated in time onto the grid of the nearest
@@ -16,6 +19,7 @@ This module does not import s3prl: s3prl's own import pulls torchaudio, which th
 needs at run time.
 """
 
+import os
 from typing import Dict, List
 
 import torch
@@ -32,7 +36,7 @@ class UpstreamExpert(nn.Module):
         super().__init__()
         if not ckpt:
             raise ValueError("the audio_ssl upstream needs a checkpoint: -k CKPT")
-        self.model = load_model(ckpt)
+        self.model = load_model(ckpt, **upstream_options(model_config))
         samples_per_frame = S3PRL_SAMPLE_RATE / self.model.frame_rate
         self.downsample_rate = max(1, int(round(samples_per_frame)))
         self.regrid = abs(samples_per_frame - self.downsample_rate) > 1e-6
@@ -52,3 +56,24 @@ class UpstreamExpert(nn.Module):
         device = wavs[0].device
         states = [h.to(device) for h in states]
         return {"hidden_states": states, "last_hidden_state": states[-1]}
+
+
+def upstream_options(model_config) -> Dict[str, str]:
+    """s3prl's ``-g``: ``key=value[,key=value]`` or a YAML file of them; only ``features`` is known."""
+    if not model_config:
+        return {}
+    if os.path.isfile(model_config):
+        import yaml
+
+        with open(model_config) as f:
+            options = yaml.safe_load(f) or {}
+        where = model_config
+    else:
+        pairs = [item.partition("=") for item in str(model_config).split(",")]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError(f"-g {model_config!r}: expected features=NAME or a YAML file")
+        options, where = {k.strip(): v.strip() for k, _, v in pairs}, f"-g {model_config!r}"
+    unknown = sorted(set(options) - {"features"})
+    if unknown:
+        raise ValueError(f"{where}: unknown upstream options {unknown}; the audio_ssl upstream knows 'features'")
+    return options

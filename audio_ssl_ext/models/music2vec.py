@@ -324,10 +324,10 @@ class Music2VecModel(TeacherCheckpointMixin, ConvTransformerFeatures, BaseFairse
         result = {"losses": {"regression": loss.sum() * scale}, "sample_size": loss.numel()}
         result.update(self.teacher_logs(target, prediction))
         if self.training and self.num_updates >= self.cfg.min_var_after_updates:
-            check_collapse(
-                "music2vec", self.num_updates, result["target_var"], result["pred_var"],
-                self.cfg.min_target_var, self.cfg.min_pred_var,
-            )
+            check_collapse("music2vec", self.num_updates, [
+                ("target std", result["target_var"], "min_target_var", self.cfg.min_target_var),
+                ("prediction std", result["pred_var"], "min_pred_var", self.cfg.min_pred_var),
+            ])
         return result
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ their targets and predictions and can stop with a clear message when it falls be
 """
 
 import logging
+from typing import Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -30,16 +31,16 @@ def mean_channel_std(y: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(var + 1e-6).mean()
 
 
-def check_collapse(learner: str, num_updates: int, target_std, pred_std, min_target_var: float, min_pred_var: float) -> None:
-    """Raise ``CollapseError`` (and log it) when the target or prediction std (``mean_channel_std``)
-    is below its floor (the config fields ``min_target_var`` / ``min_pred_var``, data2vec's names)."""
-    for name, field, value, floor in (
-        ("target", "min_target_var", target_std, min_target_var),
-        ("prediction", "min_pred_var", pred_std, min_pred_var),
-    ):
+def check_collapse(learner: str, num_updates: int, checks: Sequence[Tuple[str, torch.Tensor, str, float]]) -> None:
+    """Raise ``CollapseError`` (and log it) when a statistic falls below its floor.
+
+    ``checks``: (what, value, config field, floor), e.g. ("target std", target_var,
+    "min_target_var", cfg.min_target_var); the message names the field that sets the floor.
+    """
+    for what, value, field, floor in checks:
         if value < floor:
             message = (
-                f"{learner} collapsed at update {num_updates}: {name} std {float(value):.4g} < model.{field}={floor} "
+                f"{learner} collapsed at update {num_updates}: {what} {float(value):.4g} < model.{field}={floor} "
                 f"(the targets no longer vary; lower the lr, or check the EMA decay)"
             )
             logging.getLogger(__name__).error(message)

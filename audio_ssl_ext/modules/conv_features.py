@@ -150,15 +150,20 @@ class ConvTransformerFeatures(Learner):
             out[i, : f.size(1)] = f[0]
         return out
 
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+    def front_features(self, source: torch.Tensor, lengths: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) -> layer-normed conv features (B, T, C) and their padding mask (B, T)."""
         if self.framing.normalize:
             source = self.normalize_waveform(source, lengths)
         features = self.layer_norm(self.conv_features(source, lengths))
-        if self.post_extract_proj is not None:
-            features = self.post_extract_proj(features)
         frames = torch.tensor([self.num_frames(n) for n in lengths.tolist()], device=source.device)
         padding_mask = torch.arange(features.size(1), device=source.device)[None, :] >= frames[:, None]
+        return features, padding_mask
 
+    def encoder_states(self, features: torch.Tensor, padding_mask: torch.Tensor) -> List[torch.Tensor]:
+        """Front features -> the encoder's input (after the positional convs) and every layer's
+        output, (B, T, D) each, zeros at padded frames."""
+        if self.post_extract_proj is not None:
+            features = self.post_extract_proj(features)
         captured = []  # the first layer's input (T, B, C): the encoder's input after pos_conv
 
         def keep_input(_module, args, kwargs):
@@ -180,3 +185,5 @@ class ConvTransformerFeatures(Learner):
             states[-1] = x  # pre-LN models: the encoder's final layer norm belongs to the last layer
         return [s.masked_fill(padding_mask[..., None], 0.0) for s in states]
 
+    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        return self.encoder_states(*self.front_features(source, lengths))

@@ -9,6 +9,7 @@ learner needs no edit in ``downstream/``): for a padded batch of waveforms,
     model.sample_rate, model.frame_rate                 Hz of the input it expects, of its frames
     model.first_frame_seconds                           centre of frame 0 (frame j is j / frame_rate later)
     model.feature_chunking(chunk_seconds)               how a wrapper may cut long inputs (see there)
+    model.select_features(name), model.utterance_embedding(source, lengths)   where a learner has them
 
 The two families implement it once each: ``conv_features.ConvTransformerFeatures`` (a conv
 extractor and fairseq's TransformerEncoder) and ``spectrogram_frontend.PatchEncoderFeatures``
@@ -54,6 +55,17 @@ class Learner:
         if chunk_seconds is not None:
             raise ValueError(f"{type(self).__name__} chunks its input itself; chunk_seconds does not apply")
         return None
+
+    def select_features(self, features: Optional[str]) -> None:
+        """Which hidden states ``hidden_states`` gives, for a learner with more than one set
+        (``load_model(path, features=...)``); None keeps its default."""
+        if features is not None:
+            raise ValueError(f"{type(self).__name__} has one set of hidden states: features={features!r} does not apply")
+
+    def utterance_embedding(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, E): one embedding per item, for a learner that pools one (same inputs as
+        ``hidden_states``)."""
+        raise NotImplementedError(f"{type(self).__name__} pools no utterance embedding")
 
     # --- training plumbing -------------------------------------------------------------------
     def set_num_updates(self, num_updates):
