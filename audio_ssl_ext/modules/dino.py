@@ -145,25 +145,39 @@ class DINOLoss(nn.Module):
         return -(probs * torch.log(probs.clamp(min=1e-30))).sum(dim=-1).mean()
 
 
+class _GatherRows(torch.autograd.Function):
+    """all_gather of equally shaped tensors; the backward sums every rank's gradient for this
+    rank's part (RDINO's FullGatherLayer; no all_to_all, which gloo lacks)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grads = torch.stack(grads)
+        dist.all_reduce(grads)
+        return grads[dist.get_rank()]
+
+
 def gather_batch(h: torch.Tensor) -> torch.Tensor:
     """The rows of every rank, concatenated in rank order, differentiable (``h`` when not
     distributed). Ranks may hold different row counts. The backward sums the gradients of every
-    rank's copy, so after DDP's average the result is the gradient of the global-batch statistic
-    (RDINO's FullGatherLayer).
+    rank's copy, so after DDP's average the result is the gradient of the global-batch statistic.
 
     A gather rather than all-reduced sums: the covariance's sums are D x D (256 MiB at D = 8192)
     while the rows are N x D with N (the global batch) far below D.
     """
     if not is_distributed():
         return h
-    from torch.distributed.nn.functional import all_gather
-
     count = torch.tensor([h.size(0)], device=h.device)
     counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, count)
     counts = [int(c) for c in counts]
     padded = F.pad(h, (0, 0, 0, max(counts) - h.size(0)))
-    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)])
+    return torch.cat([part[:n] for part, n in zip(_GatherRows.apply(padded), counts)])
 
 
 def _centred_global(h: torch.Tensor) -> torch.Tensor:

@@ -27,18 +27,28 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+class _SumOverRanks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 def global_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over data-parallel ranks, differentiable (the identity when not distributed).
 
     The backward all-reduces the gradient too, so after DDP averages the ranks' gradients each
-    parameter gets the gradient of the statistic of the global batch (RDINO's FullGatherLayer
-    does the same with a gather).
+    parameter gets the gradient of the statistic of the global batch (as SyncBatchNorm, and
+    RDINO's FullGatherLayer for its gather). Our own Function: torch.distributed.nn's is deprecated.
     """
-    if not is_distributed():
-        return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
+    return _SumOverRanks.apply(tensor) if is_distributed() else tensor
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
