@@ -88,7 +88,9 @@ class DINOLoss(nn.Module):
     ``center = m * center + (1 - m) * mean of the teacher logits`` over all views and ranks.
     """
 
-    def __init__(self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9):
+    def __init__(
+        self, out_dim: int, teacher_temp: float = 0.04, student_temp: float = 0.1, center_momentum: float = 0.9
+    ):
         super().__init__()
         self.out_dim = out_dim
         self.teacher_temp = teacher_temp
@@ -105,7 +107,9 @@ class DINOLoss(nn.Module):
         for kind, views in (("student", student_logits), ("teacher", teacher_logits)):
             for i, view in enumerate(views):
                 if view.dim() != 2 or view.size(1) != self.out_dim:
-                    raise ValueError(f"DINOLoss {kind}_logits[{i}]: expected (B, {self.out_dim}), got {tuple(view.shape)}")
+                    raise ValueError(
+                        f"DINOLoss {kind}_logits[{i}]: expected (B, {self.out_dim}), got {tuple(view.shape)}"
+                    )
 
     def teacher_probs(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         """softmax((t - center) / teacher_temp), no gradient."""

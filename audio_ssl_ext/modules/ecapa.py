@@ -231,13 +231,17 @@ class EcapaTdnn(nn.Module):
         if lengths.shape != (batch,):
             raise ValueError(f"EcapaTdnn lengths: expected ({batch},), got {tuple(lengths.shape)}")
         if bool((lengths < 1).any()) or bool((lengths > frames).any()):
-            raise ValueError(f"EcapaTdnn lengths must lie in [1, {frames}] (the frame count of x), got {lengths.tolist()}")
+            raise ValueError(
+                f"EcapaTdnn lengths must lie in [1, {frames}] (the frame count of x), got {lengths.tolist()}"
+            )
         if appended is None:
             if any(self.append_dims):
                 raise ValueError(f"EcapaTdnn expects appended inputs of {self.append_dims} channels, got None")
             return
         if len(appended) != len(self.blocks):
-            raise ValueError(f"EcapaTdnn appended: expected {len(self.blocks)} entries (one per block), got {len(appended)}")
+            raise ValueError(
+                f"EcapaTdnn appended: expected {len(self.blocks)} entries (one per block), got {len(appended)}"
+            )
         for i, (extra, dim) in enumerate(zip(appended, self.append_dims)):
             if extra is None and dim == 0:
                 continue
