@@ -63,6 +63,8 @@ def parse_args(argv=None):
                         help="extra fairseq-hydra-train override, repeatable")
     parser.add_argument("--max-epochs", type=int, default=500, help="probe classifier epochs")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--until", choices=("data", "train", "probe"), default="probe",
+                        help="stop after this stage (data: corpus, tasks, manifests; train: labels and training)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -192,7 +194,11 @@ def main(argv=None) -> int:
     logging.getLogger("fairseq").setLevel(logging.WARNING)
     record_settings(args)
     manifest = build_data(args)
+    if args.until == "data":
+        return 0
     checkpoint = train(args, manifest)
+    if args.until == "train":
+        return 0
     table = probe(args, checkpoint)
     print(table)
     logger.info("table: %s", os.path.join(args.work_dir, "probe", "probe.md"))
