@@ -75,7 +75,8 @@ def test_last_hidden_state_is_the_models_own_encoder_output(tiny_model):
     learner = tiny_model.model
     wav = noise(1, 24000, seed=6)
     ours = learner.hidden_states(wav, torch.tensor([24000]))[-1]
-    if hasattr(learner, "framing"):
+    if hasattr(learner, "framing"):  # the conv + transformer path (JOOCI: its Content encoder)
+        ours = learner.encoder_states(*learner.front_features(wav, torch.tensor([24000])))[-1]
         if learner.framing.normalize:
             wav = torch.nn.functional.layer_norm(wav, wav.shape[-1:])
         own = learner.model if isinstance(learner, FairseqWaveformModel) else learner  # wav2vec2: fairseq's

@@ -17,8 +17,11 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.hubert_criterion import HubertCriterion, HubertCriterionConfig
+
+_BUILTIN_KEYS = {"loss", "ntokens", "nsentences", "sample_size"}
 
 
 @dataclass
@@ -112,3 +115,12 @@ class MusicHubertCriterion(HubertCriterion):
             if key in net_output:
                 logging_output[key] = float(net_output[key])
         return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        HubertCriterion.reduce_metrics(logging_outputs)
+        # criterion.log_keys: fairseq's hubert criterion collects them but never logs them.
+        for key in logging_outputs[0]:
+            if key not in _BUILTIN_KEYS and not key.startswith(("loss_", "correct_", "count_")):
+                value = sum(log.get(key, 0) for log in logging_outputs) / len(logging_outputs)
+                metrics.log_scalar(key, value, round=4)

@@ -1,13 +1,14 @@
 """An exponential-moving-average teacher: fp32, no gradients, one step per optimizer update.
 
-Shared by the teacher-student learners (music2vec, Audio-JEPA). The
+Shared by the teacher-student learners (music2vec, Audio-JEPA, JOOCI). The
 averaging itself is fairseq's ``EMAModule`` (``ema_fp32=True``: the running average is kept in
 fp32 master copies, whatever precision the student trains in; ``skip_keys`` are copied from the
 student instead of averaged). ``EMAModule`` alone does not fit a resumable fairseq run, and this
 class adds the missing pieces:
 
 - the decay schedule (data2vec / I-JEPA: linear from ``ema_decay`` to ``ema_end_decay`` over
-  ``ema_anneal_end_step`` updates, then constant), as a function of the update count;
+  ``ema_anneal_end_step`` updates, then constant; DINO: the same along a cosine), as a function
+  of the update count;
 - once per optimizer update: ``update(student, num_updates)`` moves the teacher only when
   ``num_updates`` has advanced since its last step. fairseq calls ``model.set_num_updates(n)``
   once per *micro-batch* (``FairseqTask.train_step``), so data2vec_audio, which steps on every
@@ -26,17 +27,18 @@ import torch.nn as nn
 from fairseq.modules import EMAModule, EMAModuleConfig
 
 from audio_ssl_ext.modules.collapse import mean_channel_std
+from audio_ssl_ext.modules.schedules import cosine_ramp, linear_ramp
 
 
-def ema_decay_at(num_updates: int, ema_decay: float, ema_end_decay: float, anneal_end_step: int) -> float:
-    """Linear schedule: ``ema_decay`` at update 0, ``ema_end_decay`` from ``anneal_end_step`` on.
+RAMPS = {"linear": linear_ramp, "cosine": cosine_ramp}
 
-    Same numbers as fairseq's data2vec ``get_annealed_rate``; ``anneal_end_step <= 0`` means the
-    end decay from the start.
-    """
-    if anneal_end_step <= 0 or num_updates >= anneal_end_step:
-        return ema_end_decay
-    return ema_decay + (ema_end_decay - ema_decay) * num_updates / anneal_end_step
+
+def ema_decay_at(
+    num_updates: int, ema_decay: float, ema_end_decay: float, anneal_end_step: int, schedule: str = "linear"
+) -> float:
+    """``ema_decay`` at update 0, ``ema_end_decay`` from ``anneal_end_step`` on, in between along
+    ``schedule``: ``linear`` (data2vec's ``get_annealed_rate``, I-JEPA) or ``cosine`` (DINO)."""
+    return RAMPS[schedule](ema_decay, ema_end_decay, num_updates, anneal_end_step)
 
 
 class EMATeacher:
@@ -54,6 +56,7 @@ class EMATeacher:
         ema_end_decay: float,
         ema_anneal_end_step: int,
         skip_keys: Iterable[str] = (),
+        schedule: str = "linear",
     ):
         if not 0.0 <= ema_decay <= 1.0 or not 0.0 <= ema_end_decay <= 1.0:
             raise ValueError(
@@ -63,6 +66,9 @@ class EMATeacher:
         self.ema_decay = ema_decay
         self.ema_end_decay = ema_end_decay
         self.ema_anneal_end_step = ema_anneal_end_step
+        if schedule not in RAMPS:
+            raise ValueError(f"EMA schedule must be one of {sorted(RAMPS)}, got {schedule!r}")
+        self.schedule = schedule
         names = {name for name, _ in student.named_parameters()}
         unknown = sorted(set(skip_keys) - names)
         if unknown:
@@ -82,7 +88,7 @@ class EMATeacher:
         return self._ema.model
 
     def decay_at(self, num_updates: int) -> float:
-        return ema_decay_at(num_updates, self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step)
+        return ema_decay_at(num_updates, self.ema_decay, self.ema_end_decay, self.ema_anneal_end_step, self.schedule)
 
     @property
     def decay(self) -> float:
