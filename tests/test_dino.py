@@ -14,7 +14,6 @@ from audio_ssl_ext.modules.dino import (
     DINOHead,
     DINOLoss,
     GradientReversal,
-    cosine_schedule,
     diversity_loss,
     grad_reverse,
     redundancy_loss,
@@ -154,15 +153,6 @@ def test_gradient_reversal_is_identity_forward_and_negated_scaled_backward():
     x.grad = None
     GradientReversal(2.0)(x).backward(upstream)
     torch.testing.assert_close(x.grad, -2.0 * upstream)
-
-
-def test_cosine_schedule_end_points_and_midpoint():
-    assert cosine_schedule(0.996, 1.0, 0, 1000) == pytest.approx(0.996)
-    assert cosine_schedule(0.996, 1.0, 500, 1000) == pytest.approx(0.998)
-    assert cosine_schedule(0.996, 1.0, 1000, 1000) == 1.0
-    assert cosine_schedule(0.996, 1.0, 5000, 1000) == 1.0
-    assert cosine_schedule(0.05, 0.2, 250, 1000) == pytest.approx(0.2 - 0.075 * (1 + math.cos(math.pi / 4)))
-    assert cosine_schedule(0.05, 0.2, 0, 0) == 0.2
 
 
 def test_head_shapes_unit_prototypes_and_frozen_norms():

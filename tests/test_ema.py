@@ -1,12 +1,14 @@
 """EMATeacher: the linear decay schedule, the EMA rule, once per update, fp32, strict state."""
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn as nn
 
 from audio_ssl_ext.modules.ema import EMATeacher, ema_decay_at
+from audio_ssl_ext.modules.schedules import cosine_ramp, linear_ramp
 
 
 class Student(nn.Module):
@@ -114,3 +116,13 @@ def test_state_round_trip_and_strict_load():
 def test_unknown_skip_key_is_refused():
     with pytest.raises(KeyError, match="pos_conv.weight"):
         EMATeacher(Student(), 0.9, 0.99, 10, skip_keys=["pos_conv.weight"])
+
+
+def test_cosine_ramp_end_points_and_midpoint():
+    assert cosine_ramp(0.996, 1.0, 0, 1000) == pytest.approx(0.996)
+    assert cosine_ramp(0.996, 1.0, 500, 1000) == pytest.approx(0.998)
+    assert cosine_ramp(0.996, 1.0, 1000, 1000) == 1.0
+    assert cosine_ramp(0.996, 1.0, 5000, 1000) == 1.0
+    assert cosine_ramp(0.05, 0.2, 250, 1000) == pytest.approx(0.2 - 0.075 * (1 + math.cos(math.pi / 4)))
+    assert cosine_ramp(0.05, 0.2, 0, 0) == 0.2
+    assert linear_ramp(0.05, 0.2, 5, 10) == pytest.approx(0.125)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 NAMES = {
-    "models": ["music_hubert", "music2vec", "mw_mae", "audio_mae", "audio_jepa"],
+    "models": ["music_hubert", "music2vec", "mw_mae", "audio_mae", "audio_jepa", "jooci"],
     "tasks": ["waveform_pretraining", "crop_pretraining"],
     "criterions": ["music_hubert", "model_with_sample_ids"],
 }

@@ -1,8 +1,9 @@
 """RDINO's objective pieces: the projection head, the DINO loss with a centred, sharpened teacher,
-the diversity and redundancy-elimination regularizers, gradient reversal, and the cosine ramp.
+the diversity and redundancy-elimination regularizers, and gradient reversal (the teacher's
+cosine momentum ramp is ``modules/schedules.py``).
 
-References: facebookresearch/dino (``main_dino.py`` DINOLoss, ``vision_transformer.py`` DINOHead,
-``utils.cosine_scheduler``) and modelscope 3D-Speaker's RDINO (``speakerlab/loss/dino_loss.py``
+References: facebookresearch/dino (``main_dino.py`` DINOLoss, ``vision_transformer.py`` DINOHead)
+and modelscope 3D-Speaker's RDINO (``speakerlab/loss/dino_loss.py``
 DINOLoss and RegLoss, ``speakerlab/models/rdino/RDINO_Head.py``, ``egs/voxceleb/sv-rdino``).
 Deliberate differences, one line each:
 
@@ -19,8 +20,7 @@ Deliberate differences, one line each:
   summed over ranks like the encoder's (:class:`~audio_ssl_ext.modules.ecapa.MaskedBatchNorm1d`).
 """
 
-import math
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -234,12 +234,3 @@ class GradientReversal(nn.Module):
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}"
-
-
-def cosine_schedule(start: float, end: float, step: int, total_steps: int) -> float:
-    """DINO's cosine ramp: ``start`` at step 0, ``end`` at ``total_steps`` and after
-    (``total_steps <= 0``: ``end`` throughout). Teacher momentum 0.996 -> 1; RDINO's regularizer
-    weight 0.05 -> 0.2 (RDINO ramps that one linearly over its first 10 of 70 epochs)."""
-    if total_steps <= 0 or step >= total_steps:
-        return end
-    return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * max(step, 0) / total_steps))
