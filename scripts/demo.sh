@@ -7,12 +7,12 @@
 #   <learner>/checkpoints/  fairseq checkpoints (checkpoint_last.pt, ...) and hydra_train.log
 #   <learner>/tb/           tensorboard logs
 #   musichubert/            the HuBERT iterations: iter<i>/{features,kmeans,labels,checkpoints,tb,
-#                           train.log,quality.json}
+#                           train.log,quality.json}; jooci trains on iter2's labels
 # LEARNERS="..." picks a subset. Each run starts fresh (its folder is replaced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
-LEARNERS=${LEARNERS:-"musichubert music2vec mwmae audiojepa"}
+LEARNERS=${LEARNERS:-"musichubert music2vec mwmae audiojepa jooci"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 step() { printf '\n== %s\n' "$*"; }
@@ -47,6 +47,12 @@ for learner in $LEARNERS; do
     music2vec) train_tiny music2vec examples/music2vec ;;
     mwmae) train_tiny mwmae examples/mwmae ;;
     audiojepa) train_tiny audiojepa examples/audiojepa ;;
+    jooci)
+      # Content's targets: the second musicHuBERT iteration's labels (a trained layer's k-means, 50 Hz).
+      labels="$DEMO_DIR/musichubert/iter2/labels"
+      test -f "$labels/dict.km.txt" \
+        || { echo "jooci: no labels in $labels: run the musichubert step first (LEARNERS=\"musichubert jooci\")"; exit 1; }
+      train_tiny jooci examples/jooci task.label_dir="$labels" task.label_rate=50 ;;
     *) echo "unknown learner '$learner'"; exit 2 ;;
   esac
 done
