@@ -3,7 +3,7 @@
 on multi-speaker speech built offline from Debian packages.
 
     scripts/jooci_speech_study.py WORK_DIR [--config-dir examples/jooci] [--config-name tiny]
-        [--updates 300] [--clusters 50] [--utterances 24] [--seconds 6] [--seeds 3]
+        [--updates 250] [--clusters 50] [--utterances 24] [--seconds 6] [--seeds 3]
         [--feature-sets content other utterance both] [--train-override KEY=VALUE ...]
 
 Stages, each skipped when its output exists (rerun a killed command to continue):
@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument("work_dir")
     parser.add_argument("--config-dir", default=os.path.join(REPO, "examples", "jooci"))
     parser.add_argument("--config-name", default="tiny")
-    parser.add_argument("--updates", type=int, default=300, help="optimization.max_update")
+    parser.add_argument("--updates", type=int, default=250,
+                        help="optimization.max_update (tiny JOOCI as committed trips its collapse guard near 270)")
     parser.add_argument("--save-every", type=int, default=None,
                         help="checkpoint and validate every N updates (default: updates / 3)")
     parser.add_argument("--clusters", type=int, default=50, help="k-means clusters of the MFCC labels")
