@@ -240,4 +240,7 @@ def test_fairseq_hydra_train_tiny_lowers_its_losses_without_collapse(labelled, t
     # telling inputs apart (the collapse guard is on from update 50)
     assert np.mean(dino[-20:]) < np.mean(dino[15:35]) - 0.3, dino
     assert min(information[50:]) > 0.1 and min(spread) > 0.1, (information, spread)
+    # the regularizers' unweighted value (the logged loss carries the ramped weight)
+    diversity = logged(log, "diversity")
+    assert np.mean(diversity[-20:]) < np.mean(diversity[:20]), diversity
     assert os.path.exists(tmp_path / "ckpt" / "checkpoint_last.pt")
