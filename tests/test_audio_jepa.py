@@ -13,6 +13,7 @@ from audio_ssl_ext.models.audio_jepa import AudioJepaConfig, AudioJepaModel
 from audio_ssl_ext.modules.ema import ema_decay_at
 from audio_ssl_ext.modules.masking import ContextTargetMask
 from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches
+from tests.test_example_configs import flat
 from tests.utils import REPO_ROOT, compose_example_config, run_fairseq_hydra_train
 
 SAMPLE_RATE = 16000
@@ -134,15 +135,6 @@ def test_the_paper_durations_are_two_overrides(seconds, frames, grid):
 def test_variant_overlays_differ_from_base_only_in_their_setting(variant, setting):
     # examples/audiojepa/variant/<variant>.yaml composed as a user runs it: --config-name base +variant=...
     # (test_example_configs.py checks every overlay on base and tiny; here the Audio-JEPA meaning)
-    def flat(node, prefix=""):
-        items = {}
-        for key, value in node.items():
-            if isinstance(value, dict):
-                items.update(flat(value, f"{prefix}{key}."))
-            else:
-                items[f"{prefix}{key}"] = value
-        return items
-
     def compose(*overrides):
         cfg = compose_example_config("audiojepa", "base", ["task.data=/nonexistent", *overrides])
         return flat(OmegaConf.to_container(cfg))
