@@ -41,30 +41,14 @@ def train_losses(log: str) -> List[float]:
 
 
 def compose_example_config(learner: str, config_name: str, overrides: Sequence[str] = ()):
-    """Compose examples/<learner>/<config_name>.yaml as fairseq-hydra-train does, in-process.
-
-    ``learner`` is a folder under examples/, or a path to any config directory. ``overrides`` are
-    hydra's (``task.data=DIR``, ``+variant=NAME``, ``++key=value``). Returns the resolved
-    DictConfig after fairseq's ``add_defaults`` (the registered dataclass defaults merged in), i.e.
-    what ``fairseq_cli.train.main`` receives.
-    """
-    from fairseq.dataclass.initialize import add_defaults, hydra_init
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    import audio_ssl_ext  # noqa: F401  (registers what the config names)
+    """Compose examples/<learner>/<config_name>.yaml as fairseq-hydra-train does, in-process
+    (``audio_ssl_ext.tools.configs.compose_config``). ``learner`` is a folder under examples/, or a
+    path to any config directory."""
+    from audio_ssl_ext.tools.configs import compose_config
 
     is_path = os.path.isabs(learner) or os.sep in learner
     config_dir = os.path.abspath(learner) if is_path else os.path.join(REPO_ROOT, "examples", learner)
-    if not os.path.isfile(os.path.join(config_dir, f"{config_name}.yaml")):
-        raise FileNotFoundError(f"{config_dir}/{config_name}.yaml: config not found")
-    GlobalHydra.instance().clear()
-    hydra_init(config_name)
-    with initialize_config_dir(config_dir=config_dir, version_base="1.1"):  # as fairseq's hydra.main
-        cfg = compose(config_name=config_name, overrides=list(overrides))
-    add_defaults(cfg)
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    return compose_config(config_dir, config_name, overrides)
 
 
 def write_untrained_checkpoint(

@@ -305,7 +305,7 @@ class Music2VecModel(TeacherCheckpointMixin, ConvTransformerFeatures, BaseFairse
                     raise ValueError("masking needs sample_ids (to seed the masks) or mask_indices")
                 mask_indices = self.time_masks(frame_padding, x.shape[:2], sample_ids)
             mask_indices = mask_indices.to(x.device)
-            x = index_put(x, mask_indices, self.mask_emb)
+            x = index_put(x, mask_indices, self.mask_emb.to(x.dtype))  # under autocast x is half
 
         with self._seeded_numpy(sample_ids):
             x, layer_results = self.encoder(x, padding_mask=frame_padding, layer=layer)

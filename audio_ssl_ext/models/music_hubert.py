@@ -91,7 +91,7 @@ class MusicHubertModel(ConvTransformerFeatures, HubertModel):
         mask_indices = None
         if self.mask_prob > 0:
             mask_indices = torch.from_numpy(self.time_mask((B, T), padding_mask, self._mask_sample_ids)).to(x.device)
-            x[mask_indices] = self.mask_emb
+            x[mask_indices] = self.mask_emb.to(x.dtype)  # under autocast (common.amp) x is half
         if self.mask_channel_prob > 0:
             channels = self._span_mask(
                 (B, C), None, self._mask_sample_ids, self.mask_channel_prob, self.mask_channel_length,
