@@ -23,3 +23,4 @@ __version__ = "0.1.0"
 from audio_ssl_ext import criterions, models, tasks  # noqa: E402,F401  (registration)
 from audio_ssl_ext.downstream.load import load_model  # noqa: E402,F401  (public API)
 from audio_ssl_ext import atomic_checkpoint  # noqa: E402,F401  (makes fairseq's checkpoint writes atomic)
+from audio_ssl_ext import cpu_distributed  # noqa: E402,F401  (fairseq's distributed trainer on CPUs)
