@@ -55,8 +55,9 @@ def _infer_init_method(original, cfg, force_distributed=False):
     if os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST"):
         return original(cfg, force_distributed)  # Slurm on CPUs: fairseq's own inference
     # fairseq/distributed/utils.py:160 (_infer_single_node_init) asserts world_size <=
-    # torch.cuda.device_count(), and utils.py:70-72 skips the single-node init altogether when
-    # distributed_port > 0 (it expects Slurm then); utils.py:75 then sets distributed_num_procs =
+    # torch.cuda.device_count(), and utils.py:65-66 skips the single-node init altogether when
+    # distributed_port > 0 (it expects Slurm then: the run falls back to one process that believes
+    # in world size N and fails); utils.py:74-76 then sets distributed_num_procs =
     # min(torch.cuda.device_count(), world_size) = 0. On the CPU: one node, one process per rank,
     # on distributed_port (a random one when unset, as fairseq does).
     if cfg.distributed_port <= 0:
@@ -83,7 +84,7 @@ def _call_main(original, cfg, main, **kwargs):
         distributed_utils.infer_init_method(dt)
     if dt.distributed_init_method is None or dt.distributed_no_spawn:
         return original(cfg, main, **kwargs)
-    # fairseq/distributed/utils.py:381-385 (call_main) spawns min(torch.cuda.device_count(),
+    # fairseq/distributed/utils.py:379-385 (call_main) spawns min(torch.cuda.device_count(),
     # world_size) processes: none without CUDA. On the CPU: distributed_num_procs (the processes
     # of this node; the whole world on one node).
     nprocs = dt.distributed_num_procs if dt.distributed_num_procs and dt.distributed_num_procs > 1 else None
@@ -99,13 +100,16 @@ def _all_gather_list(original, data, group=None, max_size=16384):
     from fairseq import utils
     from fairseq.distributed import utils as distributed_utils
 
-    if torch.cuda.is_available() or distributed_utils.use_xla():
+    if distributed_utils.use_xla():
         return original(data, group=group, max_size=max_size)
-    # fairseq/distributed/utils.py:620-621 (all_gather_list) allocates a torch.cuda.ByteTensor
-    # and a pinned CPU buffer; the trainer gathers logging outputs with it (trainer.py:1410,
-    # e.g. under legacy_ddp). gloo gathers Python objects directly.
     if group is None:
         group = distributed_utils.get_global_group()
+    if torch.cuda.is_available() and torch.distributed.get_backend(group) == "nccl":
+        return original(data, group=group, max_size=max_size)
+    # fairseq/distributed/utils.py:620-621 (all_gather_list) allocates a torch.cuda.ByteTensor
+    # and a pinned CPU buffer (pin_memory needs CUDA); the trainer gathers logging outputs with
+    # it when the criterion's cannot be summed (trainer.py:1405-1431). gloo gathers Python objects
+    # directly.
     out = [None] * distributed_utils.get_world_size(group=group)
     torch.distributed.all_gather_object(out, utils.move_to_cpu(data), group=group)
     return out
@@ -145,8 +149,8 @@ def _dump_rank_state(original, trainer, samples, raise_oom=False):
 
 def install() -> None:
     """Patch fairseq's module attributes (idempotent). fairseq looks every patched name up through
-    its module at call time (hydra_train.py:56 ``distributed_utils.call_main``, utils.py:374
-    ``infer_init_method``, trainer.py:158/1431 ``distributed_utils.all_gather_list``,
+    its module at call time (hydra_train.py:56 ``distributed_utils.call_main``, utils.py:370
+    ``infer_init_method``, trainer.py:158/1430 ``distributed_utils.all_gather_list``,
     distributed_fairseq_model.py:60 ``DistributedDataParallel``)."""
     from fairseq import trainer as fairseq_trainer
     from fairseq.distributed import utils as distributed_utils
@@ -169,6 +173,23 @@ def install() -> None:
         return _dump_rank_state(original_step, self, samples, raise_oom)
 
     fairseq_trainer.Trainer.train_step = train_step
+    original_init = fairseq_trainer.Trainer.__init__
+
+    @functools.wraps(original_init)
+    def trainer_init(self, cfg, *args, **kwargs):
+        dt = cfg.distributed_training
+        if dt.distributed_world_size > 1 and _on_cpu(dt) and not torch.distributed.is_initialized():
+            # fairseq/distributed/utils.py:65-66/379-385: without the launcher-side patches one
+            # process trains as if it were N and fails later in torch ("Default process group
+            # has not been initialized"); say what is missing instead.
+            raise RuntimeError(
+                f"distributed_world_size={dt.distributed_world_size} on the CPU, but fairseq started one process: "
+                "add +hydra.callbacks.cpu_distributed._target_=audio_ssl_ext.cpu_distributed.CpuDistributed "
+                "to the fairseq-hydra-train command (see audio_ssl_ext/cpu_distributed.py)"
+            )
+        original_init(self, cfg, *args, **kwargs)
+
+    fairseq_trainer.Trainer.__init__ = trainer_init
     distributed_utils._audio_ssl_ext_cpu_patched = True
 
 

@@ -177,3 +177,17 @@ def test_all_gather_list_on_gloo(tmp_path):
         gathered = torch.load(tmp_path / f"{rank}.pt")
         assert [g["rank"] for g in gathered] == [0, 1]
         assert torch.equal(gathered[1]["t"], torch.ones(2))
+
+
+@pytest.mark.smoke
+def test_without_the_callback_the_error_says_what_is_missing(demo_manifest_dir, tmp_path):
+    import subprocess
+
+    from tests.utils import fairseq_hydra_train_command
+
+    _, config, args = overrides("mwmae", demo_manifest_dir, None, tmp_path / "ckpt", 2)
+    command = fairseq_hydra_train_command() + ["--config-dir", os.path.join(REPO_ROOT, "examples", "mwmae")]
+    command += ["--config-name", config, *args, f"distributed_training.distributed_port={free_port()}"]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "audio_ssl_ext.cpu_distributed.CpuDistributed" in proc.stdout + proc.stderr
