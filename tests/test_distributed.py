@@ -86,11 +86,13 @@ def load(path):
     return state["model"]
 
 
-# JOOCI moves per-forward statistics: the DINO centre (all-reduced over the ranks, so two ranks move
-# it once per update by the global batch's mean, one process with update_freq=[2] twice, by each
-# half's) and BatchNorm running statistics (DDP broadcasts rank 0's, so they follow rank 0's
-# batches only). Gradient accumulation and data parallelism differ there by design; the teachers'
-# centred targets then differ slightly, and Adam turns that into differences of about one lr step.
+# JOOCI computes statistics per forward and reduces them over the ranks: the DINO centre (two ranks
+# move it once per update by the global batch's mean; one process with update_freq=[2] twice, by
+# each half's) and the Other encoder's masked SyncBatchNorm (two ranks normalise over the global
+# batch, one process over each half; its running statistics then also count other batches).
+# Gradient accumulation and data parallelism differ there by design, and Adam turns the slightly
+# different gradients into parameter differences of about one lr step. A single process over one
+# doubled batch (dataset.max_tokens x 2) is no closer (all parameters differ, by up to 4e-4).
 PER_FORWARD_STATISTICS = {"jooci": ("center", "running_mean", "running_var", "num_batches_tracked")}
 # Every other learner is bit-exact: DDP divides each rank's gradient by 2 and sums two of them
 # (exact in binary floating point), fairseq then multiplies by 2 / sample_size where one process
