@@ -14,6 +14,9 @@ Importing the package registers its tasks, models and criteria with fairseq's re
     clustering/  feature dumping, faiss k-means, label writing, cluster quality, iterations
     downstream/  load_model over the feature interface, s3prl upstream, probe, HEAR task folders
     hear.py      the HEAR API module (HEAR imports it by this name: audio_ssl_ext.hear)
+    atomic_checkpoint.py, cpu_distributed.py
+                 applied on import: fairseq's checkpoint writes made atomic; fairseq's
+                 distributed trainer on CPUs (gloo)
     tools/       demo corpus and evaluation-task builders for scripts and tests; nothing above
                  imports them
 """
