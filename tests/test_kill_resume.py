@@ -136,27 +136,34 @@ def assert_complete(path, allowed):
     return updates
 
 
-def test_a_failure_at_any_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
-    assert atomic_checkpoint.patched()  # importing the package patched fairseq
+
+def saves_stopped_at_each_step(tmp_path, monkeypatch):
+    """Folders in which checkpoint 1 was saved and then the save of checkpoint 2 stopped at write
+    step k, for every k of the save (counted on a dry run)."""
     with monkeypatch.context() as m:
         counter = Injector(m)
         save(tmp_path / "count", 1)
-        steps = counter.calls
-    assert steps >= 8  # save: write, fsync file, rename, fsync folder; copy to checkpoint_last: the same
-    outcomes = []
-    for fail_at in range(steps):
+    for fail_at in range(counter.calls):
         folder = tmp_path / f"fail_{fail_at}"
         save(folder, 1)
         with monkeypatch.context() as m:
             Injector(m, fail_at)
             with pytest.raises(Killed):
                 save(folder, 2)
+        yield folder
+
+
+def test_a_failure_at_any_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
+    assert atomic_checkpoint.patched()  # importing the package patched fairseq
+    outcomes = []
+    for folder in saves_stopped_at_each_step(tmp_path, monkeypatch):
         outcomes.append(assert_complete(str(folder / "checkpoint_last.pt"), {1, 2}))
         for path in glob.glob(str(folder / "checkpoint*.pt")):  # the interval checkpoints too
             assert_complete(path, {1, 2})
         save(folder, 3)  # and the next save works, leftovers or not
         assert assert_complete(str(folder / "checkpoint_last.pt"), {3}) == 3
         assert not glob.glob(str(folder / ".*.tmp"))
+    assert len(outcomes) >= 8  # save: write, fsync file, rename, fsync folder; copy to checkpoint_last: the same
     # failures before checkpoint_last's rename keep the old file, after it the new one
     assert outcomes[0] == 1 and outcomes[-1] == 2, outcomes
 
@@ -166,18 +173,8 @@ def test_without_the_patch_a_failure_mid_copy_truncates_checkpoint_last(tmp_path
     from fairseq.file_io import PathManager
 
     monkeypatch.setattr(PathManager, "copy", staticmethod(atomic_checkpoint._ORIGINALS["copy"]))
-    with monkeypatch.context() as m:
-        counter = Injector(m)
-        save(tmp_path / "count", 1)
-        steps = counter.calls
     truncated = []
-    for fail_at in range(steps):
-        folder = tmp_path / f"fail_{fail_at}"
-        save(folder, 1)
-        with monkeypatch.context() as m:
-            Injector(m, fail_at)
-            with pytest.raises(Killed):
-                save(folder, 2)
+    for fail_at, folder in enumerate(saves_stopped_at_each_step(tmp_path, monkeypatch)):
         try:
             assert_complete(str(folder / "checkpoint_last.pt"), {1, 2})
         except Exception:  # fairseq cannot load it
