@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from audio_ssl_ext.modules.collapse import mean_channel_std
 from audio_ssl_ext.modules.dino import (
     DINOHead,
     DINOLoss,
@@ -193,6 +194,8 @@ def _rank_main(rank, port, out_dir):
             value.backward()
             results[name], results[name + "_grad"] = value.detach(), h.grad
 
+        results["channel_std"] = mean_channel_std(local)  # the collapse guards' statistic
+
         bn = MaskedBatchNorm1d(4)
         h = local.clone().requires_grad_(True)
         y = bn(h)
@@ -219,6 +222,7 @@ def test_statistics_are_all_reduced_across_two_ranks(tmp_path):
     loss([whole, whole], [whole, whole * 0.5])
     for r in range(2):
         torch.testing.assert_close(ranks[r]["center"], loss.center)
+        torch.testing.assert_close(ranks[r]["channel_std"], mean_channel_std(whole))
 
     # the loss of the whole batch; each rank's gradient is world_size x its slice of the whole
     # batch's gradient, which DDP's average over ranks turns into the true one
