@@ -134,6 +134,22 @@ def test_content_starts_from_a_hubert_style_checkpoint_and_stays_frozen(labelled
     assert bool(state["content_initialized"])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("task.sample_rate=24000", "was trained with"),  # frames at another rate: no shape tells
+    ("model.encoder_ffn_embed_dim=96", "encoder.layers.0.fc1.weight is"),
+])
+def test_a_content_checkpoint_of_another_front_end_or_width_is_refused(labelled, tmp_path, override, message):
+    data, labels = labelled
+    other = write_untrained_checkpoint(
+        os.path.join(REPO_ROOT, "examples/musichubert/tiny.yaml"), str(tmp_path / "mh.pt"),
+        overrides=["model.encoder_layers=3", f"task.label_dir={labels}", override],
+    )
+    _, task, model, criterion = build(labelled, [f"model.content_checkpoint={other}"])
+    model.train()
+    with pytest.raises(ValueError, match=message):
+        criterion(model, batch(task))
+
+
 def test_base_counts_the_papers_size(tmp_path):
     from fairseq import tasks
 

@@ -24,6 +24,7 @@ from torch import nn
 
 from audio_ssl_ext.models.music_hubert import MusicHubertConfig, MusicHubertModel
 from audio_ssl_ext.modules.collapse import check_collapse, mean_channel_std
+from audio_ssl_ext.modules.conv_features import ConvFraming
 from audio_ssl_ext.modules.dino import DINOHead, DINOLoss, diversity_loss, grad_reverse, redundancy_loss
 from audio_ssl_ext.modules.ecapa import EcapaTdnn
 from audio_ssl_ext.modules.ema import EMATeacher, TeacherCheckpointMixin
@@ -167,21 +168,37 @@ class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model.content_checkpoint={path}: file not found")
         # fairseq checkpoints pickle their config: load only checkpoints you trust.
-        state = torch.load(path, map_location="cpu", weights_only=False).get("model")
-        if state is None:
-            raise KeyError(f"model.content_checkpoint={path}: no 'model' entry, not a fairseq checkpoint")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state, saved = checkpoint.get("model"), checkpoint.get("cfg")
+        if state is None or saved is None:
+            raise KeyError(f"model.content_checkpoint={path}: no 'model' and 'cfg' entries, not a fairseq checkpoint")
+        # The conv strides, the sample rate and the waveform normalisation are not in the weights:
+        # a checkpoint trained with others would load without a shape error and give wrong frames.
+        theirs = ConvFraming.from_configs(saved["model"], saved["task"])
+        if theirs != self.framing:
+            raise ValueError(
+                f"model.content_checkpoint={path} was trained with {theirs}, this model has {self.framing}: "
+                f"set conv_feature_layers, extractor_mode, layer_norm_first, task.sample_rate and "
+                f"task.normalize as the checkpoint's"
+            )
         own = self.state_dict()
-        content = self.content_parameters()
-        missing = sorted(k for k in content if k not in state and not k.startswith(("final_proj.", "label_embs_concat", "cqt_head.")))
+        label_heads = ("final_proj.", "label_embs_concat", "cqt_head.")  # may belong to other label sets
+        missing = sorted(k for k in self.content_parameters() if k not in state and not k.startswith(label_heads))
         if missing:
             raise KeyError(f"model.content_checkpoint={path} lacks Content weights {missing[:5]}: not a HuBERT-style checkpoint")
         loaded, skipped = {}, []
         for key, value in state.items():
-            if key in own and not key.startswith(("other.", "grl_decoders.", "_teacher.")):
-                if own[key].shape == value.shape:
-                    loaded[key] = value
-                else:
-                    skipped.append(key)  # label heads of another label set
+            if key not in own or key.startswith(("other.", "grl_decoders.", "_teacher.")):
+                continue
+            if own[key].shape == value.shape:
+                loaded[key] = value
+            elif key.startswith(label_heads):
+                skipped.append(key)
+            else:
+                raise ValueError(
+                    f"model.content_checkpoint={path}: {key} is {tuple(value.shape)} there, {tuple(own[key].shape)} here "
+                    f"(set the Content architecture as the checkpoint's)"
+                )
         with torch.no_grad():
             for key, value in loaded.items():
                 own[key].copy_(value)

@@ -5,6 +5,7 @@ for every model of that layout.
 """
 
 import ast
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -35,6 +36,8 @@ def parse_conv_layers(spec: str) -> ConvLayers:
             return left + right if isinstance(node.op, ast.Add) else left * right
         raise ValueError(f"conv_feature_layers={spec!r}: only lists of (dim, kernel, stride) tuples, + and * int")
 
+    if not isinstance(spec, str):
+        raise ValueError(f"conv_feature_layers={spec!r}: expected fairseq's string, e.g. '[(512, 10, 5)] + [(512, 3, 2)] * 4'")
     try:
         layers = value(ast.parse(spec, mode="eval").body)
     except SyntaxError as err:
@@ -82,9 +85,16 @@ class ConvFraming:
 
     @classmethod
     def from_configs(cls, model_cfg, task_cfg) -> "ConvFraming":
-        get = lambda cfg, key, default: getattr(cfg, key, default) if cfg is not None else default  # noqa: E731
+        """From model and task configs: dataclasses, DictConfigs or plain dicts (a checkpoint's
+        ``cfg``); a missing task config means the waveform tasks' defaults (16 kHz, not normalised)."""
+
+        def get(cfg, key, default):
+            if cfg is None:
+                return default
+            return cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+
         return cls(
-            conv_layers=parse_conv_layers(model_cfg.conv_feature_layers),
+            conv_layers=parse_conv_layers(get(model_cfg, "conv_feature_layers", None)),
             sample_rate=int(get(task_cfg, "sample_rate", 16000)),
             normalize=bool(get(task_cfg, "normalize", False)),
             group_norm_extractor=get(model_cfg, "extractor_mode", "default") == "default",
