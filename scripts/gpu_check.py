@@ -145,8 +145,8 @@ def main(argv=None) -> int:
         print(f"gpu_check: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, config {args.config}")
     failed = []
     with tempfile.TemporaryDirectory() as label_dir:
+        write_dictionaries(label_dir, ["km", "km100", "km500"])  # the label sets the configs name
         for learner in learners:
-            write_dictionaries(label_dir, ["km", "km100", "km500"])
             for name in dtypes:
                 torch.manual_seed(0)
                 cfg, task, model, criterion = build(learner, args.config, label_dir)
