@@ -12,7 +12,8 @@ is flushed and fsynced, replaces the final name with ``os.replace`` (atomic on P
 file system), and the folder is fsynced so the rename itself survives a crash. A kill at any
 moment leaves the final name holding either the previous complete file or the new complete one;
 what it loses is the updates since the last completed checkpoint (fairseq redoes them on resume).
-A killed write can leave a ``.NAME.*.tmp`` file behind; the next write of NAME removes it.
+A killed write can leave a ``.NAME.*.tmp`` file behind; the next run's first checkpoint write
+into that folder removes every such file (an interval checkpoint's name is never written twice).
 
 Paths that need iopath's PathManager (``manifold://``, ...) and fairseq's asynchronous write mode
 keep fairseq's own code. fairseq's installed files are not changed: two functions are replaced by
@@ -51,9 +52,18 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+_CLEANED_FOLDERS = set()
+
+
 def _remove_stale_temporaries(path: str) -> None:
+    """Temporaries of NAME, and on this process's first write into the folder those of every
+    ``*.pt`` (left by a run that was killed while writing)."""
     folder, name = os.path.split(os.path.abspath(path))
-    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(name)}.*.tmp")):
+    pattern = f".{glob.escape(name)}.*.tmp"
+    if folder not in _CLEANED_FOLDERS:
+        pattern = ".*.pt.*.tmp"
+        _CLEANED_FOLDERS.add(folder)
+    for stale in glob.glob(os.path.join(glob.escape(folder), pattern)):
         try:
             os.remove(stale)
         except OSError:
@@ -116,8 +126,13 @@ def patch() -> None:
     """Replace fairseq's two checkpoint write paths by the atomic ones (idempotent)."""
     if _ORIGINALS:
         return
+    import fairseq
     from fairseq import checkpoint_utils
     from fairseq.file_io import PathManager
+
+    if not fairseq.__version__.startswith("0.12."):
+        logger.warning("atomic checkpoint writes follow fairseq 0.12.x's code; fairseq %s: not applied", fairseq.__version__)
+        return
 
     _ORIGINALS["torch_persistent_save"] = checkpoint_utils.torch_persistent_save
     _ORIGINALS["copy"] = PathManager.copy

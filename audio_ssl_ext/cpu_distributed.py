@@ -158,6 +158,11 @@ def install() -> None:
 
     if getattr(distributed_utils, "_audio_ssl_ext_cpu_patched", False):
         return
+    import fairseq
+
+    if not fairseq.__version__.startswith("0.12."):
+        logger.warning("the CPU distributed patches follow fairseq 0.12.x's code; fairseq %s: not applied", fairseq.__version__)
+        return
     for name, wrapper in (
         ("infer_init_method", _infer_init_method),
         ("call_main", _call_main),
@@ -166,13 +171,14 @@ def install() -> None:
         original = getattr(distributed_utils, name)
         setattr(distributed_utils, name, functools.wraps(original)(functools.partial(wrapper, original)))
     distributed_fairseq_model.DistributedDataParallel = _ddp_class()
-    original_step = fairseq_trainer.Trainer.train_step
+    if os.environ.get("AUDIO_SSL_EXT_RANK_STATE_DIR"):  # tests, debugging: not on every run's hot path
+        original_step = fairseq_trainer.Trainer.train_step
 
-    @functools.wraps(original_step)
-    def train_step(self, samples, raise_oom=False):
-        return _dump_rank_state(original_step, self, samples, raise_oom)
+        @functools.wraps(original_step)
+        def train_step(self, samples, raise_oom=False):
+            return _dump_rank_state(original_step, self, samples, raise_oom)
 
-    fairseq_trainer.Trainer.train_step = train_step
+        fairseq_trainer.Trainer.train_step = train_step
     original_init = fairseq_trainer.Trainer.__init__
 
     @functools.wraps(original_init)

@@ -168,6 +168,19 @@ def test_a_failure_at_any_step_of_a_save_leaves_the_old_or_the_new_checkpoint(tm
     assert outcomes[0] == 1 and outcomes[-1] == 2, outcomes
 
 
+def test_a_killed_runs_temporaries_are_removed_by_the_next_runs_first_save(tmp_path, monkeypatch):
+    """A SIGKILL leaves the temporary of an interval checkpoint, whose name is never written again."""
+    monkeypatch.setattr(atomic_checkpoint, "_CLEANED_FOLDERS", set())  # a new process
+    tmp_path.mkdir(exist_ok=True)
+    stray = tmp_path / ".checkpoint_1_9.pt.k1lled.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".notes.tmp"
+    unrelated.write_text("not ours")
+    save(tmp_path, 1)
+    assert not stray.exists() and unrelated.exists()
+    assert_complete(str(tmp_path / "checkpoint_last.pt"), {1})
+
+
 def test_without_the_patch_a_failure_mid_copy_truncates_checkpoint_last(tmp_path, monkeypatch):
     """What the patch prevents: fairseq's own PathManager.copy (shutil.copyfile) stopped mid-copy."""
     from fairseq.file_io import PathManager
