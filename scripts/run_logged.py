@@ -12,7 +12,7 @@ learner's training through it.
 import argparse
 import sys
 
-from audio_ssl_ext.clustering.iterations import run_logged
+from audio_ssl_ext.logged_run import log_tail, run_logged
 
 
 def main(argv=None) -> int:
@@ -27,9 +27,7 @@ def main(argv=None) -> int:
         parser.error("no command given (put it after --)")
     returncode = run_logged(command, args.log, progress=not args.quiet, desc=args.desc)
     if returncode != 0:
-        with open(args.log) as f:
-            tail = f.read()[-3000:]
-        print(f"{tail}\nerror: {command[0]} failed (exit {returncode}), whole output in {args.log}", file=sys.stderr)
+        print(f"{log_tail(args.log)}\nerror: {command[0]} failed (exit {returncode}), whole output in {args.log}", file=sys.stderr)
     return returncode
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations, run_logged
+from audio_ssl_ext.clustering.iterations import IterationsConfig, IterationsError, run_iterations
+from audio_ssl_ext.logged_run import run_logged
 from audio_ssl_ext.clustering.shards import read_shard
 from audio_ssl_ext.tools.demo_corpus import reference_labels
 from tests.utils import REPO_ROOT

@@ -24,14 +24,10 @@ a rerun with other settings fail loudly instead of reusing outputs made with the
 import json
 import logging
 import os
-import re
-import shlex
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence
-
-from tqdm import tqdm
+from typing import List, Optional
 
 from audio_ssl_ext.clustering.dump import CheckpointFeatures, FrontendFeatures, dump_features, read_shard_info
 from audio_ssl_ext.clustering.kmeans import learn_kmeans
@@ -45,6 +41,7 @@ from audio_ssl_ext.clustering.quality import (
 )
 from audio_ssl_ext.clustering.shards import read_shards, sample_rows, shard_exists
 from audio_ssl_ext.data.manifest import read_manifest
+from audio_ssl_ext.logged_run import log_tail, run_logged
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +171,7 @@ def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[Ref
             os.path.join(cfg.manifest_dir, f"{split}.tsv"), progress=cfg.progress,
         )
 
-    if reference is not None and not os.path.isfile(os.path.join(directory, "quality.json")):
+    if reference is not None:  # cheap, and the reference may differ from a previous run's
         write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference)
 
     done = os.path.join(directory, "train.done")
@@ -203,57 +200,13 @@ def train_command(cfg: IterationsConfig, directory: str, label_dir: str, label_r
     ]
 
 
-_MAX_UPDATE = re.compile(r"'max_update': (\d+)")
-_TRAIN_INNER = re.compile(r"\btrain_inner\b.*?\bloss=([0-9.eE+-]+).*?\bnum_updates=(\d+)")
-_VALID = re.compile(r"valid on '[^']*' subset \| loss ([0-9.eE+-]+)")
-_RESUMED = re.compile(r"Loaded checkpoint .*@ (\d+) updates")
-
-
-def run_logged(command: Sequence[str], log_path: str, progress: bool = True, desc: str = "training") -> int:
-    """Run a fairseq training command with its whole output (stdout and stderr) appended to
-    ``log_path``; the terminal gets one progress bar over the updates (the total read from the
-    config fairseq logs first) with the last train and valid loss, when ``progress``. Returns
-    the exit status."""
-    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    bar, total, postfix = None, None, {}
-    with open(log_path, "a") as log:
-        log.write(f"$ {shlex.join(command)}\n")
-        log.flush()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in process.stdout:
-            log.write(line)
-            if total is None and (m := _MAX_UPDATE.search(line)):
-                total = int(m.group(1)) or None
-            updates, valid = None, None
-            if m := _RESUMED.search(line):
-                updates = int(m.group(1))
-            elif m := _TRAIN_INNER.search(line):
-                postfix["loss"], updates = m.group(1), int(m.group(2))
-            elif m := _VALID.search(line):
-                postfix["valid_loss"] = valid = m.group(1)
-            if not progress or (updates is None and valid is None):
-                continue
-            if bar is None:
-                bar = tqdm(total=total, desc=desc, unit="update", dynamic_ncols=True)
-            bar.set_postfix(postfix, refresh=updates is None)
-            if updates is not None:
-                bar.update(updates - bar.n)
-        process.wait()
-    if bar is not None:
-        bar.close()
-    return process.returncode
-
-
 def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float) -> None:
     command = train_command(cfg, directory, label_dir, label_rate)
     log_path = os.path.join(directory, "train.log")
     logger.info(f"training with {cfg.config_dir}/{cfg.config_name}.yaml (whole output: {log_path})")
     returncode = run_logged(command, log_path, cfg.progress, desc=f"{os.path.basename(directory)} training")
     if returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-4000:]
-        raise IterationsError(f"training failed (exit {returncode}); end of {log_path}:\n{tail}")
+        raise IterationsError(f"training failed (exit {returncode}); end of {log_path}:\n{log_tail(log_path)}")
     if not os.path.isfile(os.path.join(directory, "checkpoints", "checkpoint_last.pt")):
         raise IterationsError(f"training finished without {directory}/checkpoints/checkpoint_last.pt")
 
@@ -269,7 +222,7 @@ def write_quality(
     report = cluster_quality(labels, n_clusters, aligned)
     path = os.path.join(directory, "quality.json")
     with open(path + ".partial", "w") as f:
-        json.dump({"reference": reference.name, **report.as_dict()}, f, indent=2)
+        json.dump({"reference": reference.name, "reference_source": reference.where, **report.as_dict()}, f, indent=2)
         f.write("\n")
     os.replace(path + ".partial", path)
     logger.info(f"{os.path.basename(directory)}: train labels vs {reference.name}: {report.format()} ({path})")
