@@ -17,6 +17,7 @@ Importing the package registers its tasks, models and criteria with fairseq's re
     atomic_checkpoint.py, cpu_distributed.py
                  applied on import: fairseq's checkpoint writes made atomic; fairseq's
                  distributed trainer on CPUs (gloo)
+    logged_run.py  a training command's whole output to a log, a progress bar to the terminal
     tools/       demo corpus and evaluation-task builders for scripts and tests; nothing above
                  imports them
 """
