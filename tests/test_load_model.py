@@ -70,20 +70,24 @@ def test_hidden_states_shapes_lengths_and_padding(tiny_model):
 
 
 def test_last_hidden_state_is_the_models_own_encoder_output(tiny_model):
-    """What the feature interface returns is what the model itself computes (fairseq's
-    extract_features for the conv family, the paper's chunked features for the patch models)."""
+    """What the feature interface returns is what the model itself computes: fairseq's
+    extract_features for the conv family (JOOCI: its Content encoder); for the patch models, the
+    encoder run directly on the patches of an input exactly one training crop long."""
     learner = tiny_model.model
-    wav = noise(1, 24000, seed=6)
-    ours = learner.hidden_states(wav, torch.tensor([24000]))[-1]
-    if hasattr(learner, "framing"):  # the conv + transformer path (JOOCI: its Content encoder)
-        ours = learner.encoder_states(*learner.front_features(wav, torch.tensor([24000])))[-1]
+    if hasattr(learner, "framing"):
+        wav, lengths = noise(1, 24000, seed=6), torch.tensor([24000])
+        ours = learner.encoder_states(*learner.front_features(wav, lengths))[-1]
         if learner.framing.normalize:
             wav = torch.nn.functional.layer_norm(wav, wav.shape[-1:])
         own = learner.model if isinstance(learner, FairseqWaveformModel) else learner  # wav2vec2: fairseq's
         theirs = own.extract_features(wav, padding_mask=None, mask=False)
         theirs = theirs["x"] if isinstance(theirs, dict) else theirs[0]
     else:
-        theirs = learner.extract_features(wav)["x"]
+        samples = learner.frontend.min_input_samples()
+        wav = noise(1, samples, seed=6)
+        ours = learner.hidden_states(wav, torch.tensor([samples]))[-1]
+        tokens = learner.encode_patches(learner.frontend(wav).patches, [])  # (1, time x freq, D), time-major
+        theirs = tokens.reshape(1, learner.frontend.grid[0], -1)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
