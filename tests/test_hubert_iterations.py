@@ -77,6 +77,12 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     resumed_log = open(os.path.join(work, "iter2", "train.log")).read()[len(train_log):]
     assert "Loaded checkpoint" in resumed_log and "@ 6 updates" in resumed_log
 
+    # Another reference is scored, not answered with the old report.
+    run_iterations(cfg, reference_labels(demo_corpus, "event"))
+    rescored = outputs(work)
+    assert json.load(open(os.path.join(work, "iter1", "quality.json")))["reference"] == "event"
+    assert rescored["iter1/labels/train.km"] == again["iter1/labels/train.km"]
+
     # Asking for other settings in the same work dir is refused, not silently mixed.
     cfg.clusters = [20, 40]
     with pytest.raises(IterationsError, match=r"iter2/params\.json: this iteration was run with other settings \(n_clusters"):

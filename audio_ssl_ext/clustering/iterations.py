@@ -171,7 +171,7 @@ def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[Ref
             os.path.join(cfg.manifest_dir, f"{split}.tsv"), progress=cfg.progress,
         )
 
-    if reference is not None:  # cheap, and the reference may differ from a previous run's
+    if reference is not None and not quality_is_current(directory, reference):
         write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference)
 
     done = os.path.join(directory, "train.done")
@@ -209,6 +209,16 @@ def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: flo
         raise IterationsError(f"training failed (exit {returncode}); end of {log_path}:\n{log_tail(log_path)}")
     if not os.path.isfile(os.path.join(directory, "checkpoints", "checkpoint_last.pt")):
         raise IterationsError(f"training finished without {directory}/checkpoints/checkpoint_last.pt")
+
+
+def quality_is_current(directory: str, reference: ReferenceLabels) -> bool:
+    """quality.json exists and was scored against this reference (a rerun may bring another)."""
+    path = os.path.join(directory, "quality.json")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        saved = json.load(f)
+    return (saved.get("reference"), saved.get("reference_source")) == (reference.name, reference.where)
 
 
 def write_quality(
