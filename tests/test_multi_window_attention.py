@@ -126,3 +126,17 @@ def test_a_length_the_windows_do_not_divide_is_an_error_at_run_time():
     module = MultiWindowAttention(8, [5, 0])
     with pytest.raises(ValueError, match="window 5 does not divide 12 tokens"):
         module(torch.randn(1, 12, 8))
+
+
+def test_relative_position_tables_start_as_the_official_variance_scaling_init():
+    """flax variance_scaling(0.02, "fan_in", "truncated_normal") on a (2 w - 1, 1) table: std
+    sqrt(0.02 / (2 w - 1)) after truncation at two (pre-rescaling) standard deviations."""
+    torch.manual_seed(0)
+    module = MultiWindowAttention(8, [2, 4000])
+    small, large = module.relative_position_bias["head_0"], module.relative_position_bias["head_1"]
+    assert small.shape == (3,) and large.shape == (7999,)
+    expected = (0.02 / 7999) ** 0.5
+    assert abs(large.std().item() / expected - 1) < 0.05
+    bound = 2 * expected / 0.87962566103423978
+    assert large.abs().max().item() <= bound and large.abs().max().item() > 0.9 * bound
+    assert small.abs().max().item() <= 2 * (0.02 / 3) ** 0.5 / 0.87962566103423978

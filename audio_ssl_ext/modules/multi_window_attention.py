@@ -74,6 +74,17 @@ def resolve_window_sizes(
     return windows
 
 
+def relative_position_table(window: int) -> torch.Tensor:
+    """A fresh (2 w - 1,) bias table, initialised as the official code's
+    ``variance_scaling(0.02, "fan_in", "truncated_normal")`` on its (2 w - 1, 1) table: variance
+    0.02 / fan_in with fan_in = 2 w - 1, from a normal truncated at two standard deviations and
+    rescaled (by 1 / 0.8796) so that the truncated values have that variance: std 0.082 for w = 2,
+    0.009 for w = 125 (not timm's Swin's fixed 0.02)."""
+    size = 2 * window - 1
+    std = (0.02 / size) ** 0.5 / 0.87962566103423978  # jax's constant: std of N(0, 1) cut at +-2
+    return nn.init.trunc_normal_(torch.empty(size), std=std, a=-2 * std, b=2 * std)
+
+
 class MultiWindowAttention(nn.Module):
     """MW-MHA over (B, N, dim); ``window_sizes[i]`` is head i's window (0 = global)."""
 
@@ -103,11 +114,7 @@ class MultiWindowAttention(nn.Module):
                 self.group_sizes.append(1)
         # Relative position table of each windowed head: 2 w - 1 offsets, query - key + w - 1.
         self.relative_position_bias = nn.ParameterDict(
-            {
-                f"head_{head}": nn.Parameter(nn.init.trunc_normal_(torch.empty(2 * w - 1), std=0.02))
-                for head, w in enumerate(self.window_sizes)
-                if w
-            }
+            {f"head_{head}": nn.Parameter(relative_position_table(w)) for head, w in enumerate(self.window_sizes) if w}
         )
 
     def head_window_bias(self, head: int) -> torch.Tensor:
