@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Training cost of each learner against the closest stock model, on the same batch, side by side.
+
+One training step = criterion forward (the model's masking, frontend, teacher, losses and
+logging outputs) + backward + Adam step + ``set_num_updates`` (where EMA teachers move), as
+fairseq's trainer runs it, minus the trainer's own bookkeeping, which is the same for both.
+
+    learner        stock model it is compared with
+    music_hubert   fairseq's HubertModel and ``hubert`` criterion (same config fields, same labels)
+    music2vec      fairseq's Data2VecAudioModel (fairseq.examples.data2vec) and ``model`` criterion
+    mw_mae         our MAE baseline ``audio_mae`` (mae_tiny / mae_base: same sizes, global attention)
+    audio_jepa     ``audio_mae`` with Audio-JEPA's encoder, patches and crop (a plain ViT MAE step)
+    jooci          musicHuBERT's config of the same size on the same labels (JOOCI adds its Other
+                   branch by design: this ratio is its price, not an overhead)
+
+Both models of a pair are built in this process and timed in interleaved pairs (which runs first
+alternates), and the median of the per-pair ratios is printed, by wall clock and by this
+process's CPU time: shared machines are noisy, so only a ratio measured side by side means
+anything. The last line has a fixed form, our cost / stock cost per learner:
+
+    train_bench: shape=tiny music_hubert=1.01 music2vec=0.97 ...
+
+``--profile LEARNER`` prints torch.profiler's top operators for one step of ours and of the stock.
+
+Usage: python scripts/train_bench.py [--shapes tiny base] [--learners ...] [--pairs 10] [--threads 2]
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(REPO, "examples")
+
+# Per shape: (batch size, crop samples for the waveform learners). Base runs a small batch and a
+# 2 s crop (JOOCI 4 s: its global crops) so that a CPU gets through a few steps; the patch
+# learners' crop is fixed by their config (input_frames).
+SHAPES = {"tiny": (8, 32000), "base": (2, 32000)}
+
+
+@dataclasses.dataclass
+class Pair:
+    learner: str
+    config_dir: str
+    stock_config_dir: str
+    stock_config: Callable[[str], str]  # shape -> config name
+    stock_kind: str  # "hubert" | "data2vec_audio" | "same" (a registered model of ours)
+    stock_overrides: Callable[[object], List[str]] = lambda cfg: []
+
+
+def jepa_encoder_as_mae(cfg) -> List[str]:
+    m = cfg.model
+    keys = ["n_mels", "f_min", "f_max", "input_frames", "patch_time", "patch_freq", "encoder_embed_dim",
+            "encoder_layers", "encoder_attention_heads", "mlp_ratio"]
+    return [f"model.{k}={m[k]}" for k in keys] + [f"task.crop_seconds={cfg.task.crop_seconds}"]
+
+
+PAIRS = {
+    "music_hubert": Pair("music_hubert", "musichubert", "musichubert", lambda s: s, "hubert"),
+    "music2vec": Pair("music2vec", "music2vec", "music2vec", lambda s: s, "data2vec_audio"),
+    "mw_mae": Pair("mw_mae", "mwmae", "mwmae", lambda s: f"mae_{s}", "same"),
+    "audio_jepa": Pair("audio_jepa", "audiojepa", "mwmae", lambda s: f"mae_{s}", "same", jepa_encoder_as_mae),
+    "jooci": Pair("jooci", "jooci", "musichubert", lambda s: s, "same",
+                  lambda cfg: [f"task.labels=[{','.join(cfg.task.labels)}]", f"task.label_rate={cfg.task.label_rate}",
+                               f"task.max_sample_size={cfg.task.max_sample_size}",
+                               f"task.min_sample_size={cfg.task.min_sample_size}",
+                               "criterion.label_weights=null", "criterion.loss_weights=[10]"]),
+}
+
+
+def write_corpus(root: str, items: int, samples: int, sample_rate: int, label_sets: Sequence[str], label_rate: float,
+                 classes: int = 50) -> None:
+    """``items`` wavs of ``samples`` (tones in noise), train.tsv, and random labels per set."""
+    rng = np.random.default_rng(0)
+    t = np.arange(samples) / sample_rate
+    with open(os.path.join(root, "train.tsv"), "w") as manifest:
+        manifest.write(root + "\n")
+        for i in range(items):
+            wav = 0.3 * np.sin(2 * np.pi * (110 + 40 * i) * t) + 0.05 * rng.standard_normal(samples)
+            sf.write(os.path.join(root, f"{i}.wav"), wav.astype(np.float32), sample_rate, subtype="FLOAT")
+            manifest.write(f"{i}.wav\t{samples}\n")
+    frames = int(round(samples * label_rate / sample_rate))
+    for name in label_sets:
+        with open(os.path.join(root, f"dict.{name}.txt"), "w") as f:
+            f.writelines(f"{k} 1\n" for k in range(classes))
+        with open(os.path.join(root, f"train.{name}"), "w") as f:
+            for _ in range(items):
+                f.write(" ".join(map(str, rng.integers(0, classes, frames))) + "\n")
+
+
+def build(config_dir: str, config_name: str, overrides: Sequence[str], kind: str, batch: int, crop: int, root: str):
+    """(model, criterion, batch) of one config; ``kind`` swaps in the stock fairseq model."""
+    from fairseq import tasks
+
+    from audio_ssl_ext.tools.configs import compose_config
+
+    cfg = compose(config_dir, config_name, root, crop, overrides)
+    if cfg.task._name == "waveform_pretraining":
+        samples = cfg.task.max_sample_size
+        labels, label_rate = list(cfg.task.get("labels") or []), cfg.task.get("label_rate") or 50
+    else:
+        samples = int(round(cfg.task.crop_seconds * cfg.task.sample_rate))
+        labels, label_rate = [], 50
+    if not os.path.exists(os.path.join(root, "train.tsv")):
+        write_corpus(root, batch, samples, cfg.task.sample_rate, labels, label_rate)
+    task = tasks.setup_task(cfg.task)
+    model_cfg, criterion_cfg = cfg.model, cfg.criterion
+    if kind == "hubert":
+        from fairseq.criterions.hubert_criterion import HubertCriterionConfig
+        from fairseq.models.hubert.hubert import HubertConfig
+
+        model_cfg = stock_config(model_cfg, HubertConfig, "hubert")
+        criterion_cfg = stock_config(criterion_cfg, HubertCriterionConfig, "hubert")
+    elif kind == "data2vec_audio":
+        from fairseq.examples.data2vec.models.data2vec_audio import Data2VecAudioConfig
+
+        model_cfg = stock_config(model_cfg, Data2VecAudioConfig, "data2vec_audio")
+        model_cfg.max_update = cfg.optimization.max_update
+        criterion_cfg = OmegaConf.create({"_name": "model", "log_keys": list(criterion_cfg.get("log_keys") or [])})
+    torch.manual_seed(0)
+    model = task.build_model(model_cfg)
+    criterion = task.build_criterion(criterion_cfg)
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    sample = dataset.collater([dataset[i] for i in range(batch)])
+    return model, criterion, sample
+
+
+def compose(config_dir: str, config_name: str, root: str, crop: int, overrides: Sequence[str] = ()):
+    """The example config with its data (and labels) in ``root``; waveform crops of ``crop`` samples
+    (at least the config's ``min_sample_size``)."""
+    from audio_ssl_ext.tools.configs import compose_config
+
+    path = os.path.join(EXAMPLES, config_dir)
+    cfg = compose_config(path, config_name, ["task.data=" + root, *overrides])
+    if cfg.task._name != "waveform_pretraining":
+        return cfg
+    samples = max(crop, cfg.task.get("min_sample_size") or 0)
+    labels = ["task.label_dir=" + root] if cfg.task.get("labels") else []
+    return compose_config(path, config_name, ["task.data=" + root, *labels, f"task.max_sample_size={samples}", *overrides])
+
+
+def stock_config(cfg, dataclass_type, name: str):
+    """Our config's values for the fields the stock dataclass has (the rest keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(dataclass_type)}
+    return OmegaConf.create({**{k: cfg[k] for k in cfg if k in names and k != "_name"}, "_name": name})
+
+
+def make_step(model, criterion, sample) -> Callable[[], Tuple[float, float]]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+    updates = [0]
+    model.set_num_updates(0)  # fairseq's data2vec builds its EMA teacher here, as the trainer calls it first
+
+    def step() -> Tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        optimizer.zero_grad(set_to_none=True)
+        loss, _, _ = criterion(model, sample)
+        loss.backward()
+        optimizer.step()
+        updates[0] += 1
+        model.set_num_updates(updates[0])
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    return step
+
+
+def interleaved(ours: Callable, stock: Callable, pairs: int, warmup: int, desc: str) -> List[Tuple[Tuple, Tuple]]:
+    for _ in range(warmup):
+        ours(), stock()
+    timings = []
+    for pair in tqdm(range(pairs), desc=desc, leave=False):
+        if pair % 2 == 0:
+            a, b = ours(), stock()
+        else:
+            b, a = stock(), ours()
+        timings.append((a, b))
+    return timings
+
+
+def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
+    batch, crop = SHAPES[shape]
+    with tempfile.TemporaryDirectory() as ours_root, tempfile.TemporaryDirectory() as stock_root:
+        ours_model, ours_criterion, ours_sample = build(pair.config_dir, shape, [], "same", batch, crop, ours_root)
+        ours_cfg = compose(pair.config_dir, shape, ours_root, crop)
+        stock = build(pair.stock_config_dir, pair.stock_config(shape), pair.stock_overrides(ours_cfg), pair.stock_kind,
+                      batch, crop, stock_root)
+        ours_step, stock_step = make_step(ours_model, ours_criterion, ours_sample), make_step(*stock)
+        if args.profile == pair.learner:
+            profile(pair.learner, ours_step, stock_step)
+        timings = interleaved(ours_step, stock_step, args.pairs, args.warmup, f"{pair.learner}/{shape}")
+    wall = [a[0] / b[0] for a, b in timings]
+    cpu = [a[1] / b[1] for a, b in timings]
+    source = ours_sample["net_input"]["source"]
+    audio_seconds = source.numel() / ours_cfg.task.sample_rate
+    ours_s = statistics.median(a[0] for a, _ in timings)
+    stock_s = statistics.median(b[0] for _, b in timings)
+    print(
+        f"{pair.learner:13s} {shape:4s} batch {tuple(source.shape)}: ours {1 / ours_s:6.2f} updates/s "
+        f"{audio_seconds / ours_s:7.1f} audio s/s | stock ({stock_name(pair)}) {1 / stock_s:6.2f} updates/s | "
+        f"ours/stock wall {statistics.median(wall):.3f} (spread {min(wall):.3f}-{max(wall):.3f}) "
+        f"cpu {statistics.median(cpu):.3f}",
+        flush=True,
+    )
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
+
+
+def stock_name(pair: Pair) -> str:
+    return {"hubert": "fairseq hubert", "data2vec_audio": "fairseq data2vec_audio"}.get(
+        pair.stock_kind, f"{pair.stock_config_dir}/{pair.stock_config('*')}")
+
+
+def profile(learner: str, ours: Callable, stock: Callable) -> None:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    for name, step in (("ours", ours), ("stock", stock)):
+        step()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        print(f"--- {learner} {name}: top operators by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
+    parser.add_argument("--learners", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--pairs", type=int, default=10, help="interleaved (ours, stock) step pairs")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", choices=list(PAIRS), help="print torch.profiler tables for this learner")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import audio_ssl_ext  # noqa: F401  (registers our tasks and models)
+
+    logging.disable(logging.INFO)  # fairseq and hydra log every config at DEBUG/INFO level
+
+    for shape in args.shapes:
+        ratios = {learner: bench(PAIRS[learner], shape, args) for learner in args.learners}
+        print(f"train_bench: shape={shape} " + " ".join(f"{k}={v['wall']:.2f}" for k, v in ratios.items()), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
