@@ -60,7 +60,7 @@ def test_stale_manifest_length_is_refused(tmp_path):
 
 
 def test_malformed_manifest_line(tmp_path):
-    (tmp_path / "bad.tsv").write_text("/root\na.wav\t100\nb.wav\n")
+    (tmp_path / "bad.tsv").write_text(f"{tmp_path}\na.wav\t100\nb.wav\n")
     with pytest.raises(ManifestError, match=r"bad\.tsv, line 3"):
         read_manifest(str(tmp_path / "bad.tsv"))
 

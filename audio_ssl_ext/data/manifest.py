@@ -28,13 +28,25 @@ class Manifest:
 
 
 def read_manifest(path: str) -> Manifest:
+    """Refuses a manifest without its root line (fairseq would take the first entry for the
+    root), a root that is not a folder, malformed and duplicate entries, each with its line."""
     if not os.path.isfile(path):
         raise ManifestError(f"{path}: manifest not found")
     with open(path) as f:
         lines = f.read().splitlines()
     if not lines or not lines[0].strip():
         raise ManifestError(f"{path}, line 1: expected the audio root directory")
-    manifest = Manifest(path=path, root=lines[0].strip())
+    root = lines[0].strip()
+    if "\t" in root:
+        raise ManifestError(
+            f"{path}, line 1: {root!r} is an entry, not the audio root directory the entries are relative to: "
+            f"put the root folder on the first line (scripts/make_manifest.py writes it)"
+        )
+    if not os.path.isdir(root):
+        problem = "is not a folder" if os.path.exists(root) else "does not exist"
+        raise ManifestError(f"{path}, line 1: the audio root {root!r} {problem}")
+    manifest = Manifest(path=path, root=root)
+    seen = {}
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -43,6 +55,13 @@ def read_manifest(path: str) -> Manifest:
             raise ManifestError(
                 f"{path}, line {number}: expected 'relative/path<TAB>num_samples', got {line!r}"
             )
+        key = os.path.normpath(parts[0])
+        if key in seen:
+            raise ManifestError(
+                f"{path}, line {number}: {parts[0]!r} is listed again (first on line {seen[key]}); "
+                f"a file listed twice is trained on twice as often: remove one line"
+            )
+        seen[key] = number
         manifest.files.append(parts[0])
         manifest.sizes.append(int(parts[1]))
         manifest.line_numbers.append(number)

@@ -5,6 +5,10 @@ Batches carry the keys of fairseq's HubertDataset (``net_input.source``, ``net_i
 crops are drawn from a generator seeded by (seed, epoch, sample index) instead of numpy's
 process-global state, so a resumed run sees the same crops; and a bad file stops the run with
 its manifest line instead of being skipped or replaced.
+
+Only the crop is read: ``__getitem__`` checks the file's header (rate, length) and the collater,
+which knows the batch length and hence each crop, decodes just those samples (soundfile seeks),
+so a one-hour file costs a crop per item, not 230 MB.
 """
 
 import logging
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import FairseqDataset, data_utils
 
-from audio_ssl_ext.data.audio import AudioInputError, read_audio
+from audio_ssl_ext.data.audio import AudioInputError, check_audio_file, read_audio
 from audio_ssl_ext.data.labels import LabelSet
 from audio_ssl_ext.data.manifest import Manifest
 
@@ -28,7 +32,12 @@ class WaveformDataset(FairseqDataset):
     Batch length: ``fixed_length`` samples when given (every item cropped or zero-padded to it,
     for the spectrogram learners); otherwise the shortest item in the batch (HuBERT's default) or,
     with ``pad_audio``, the longest, capped by ``max_sample_size``. Crops start at a random offset
-    when ``random_crop`` (training) and at the centre otherwise (validation).
+    when ``random_crop`` (training) and at the centre otherwise (validation). ``normalize``: zero
+    mean, unit variance over each crop's real samples (what the model sees; fairseq normalises
+    the whole file before cropping, the same for files no longer than the crop).
+
+    Empty files are refused; files shorter than ``min_sample_size`` are left out (logged);
+    ``require_min_samples`` refuses files too short for the model (its task calls it).
     """
 
     def __init__(
@@ -57,8 +66,32 @@ class WaveformDataset(FairseqDataset):
         self.seed = seed
         self.epoch = 1
         self.label_sets = label_sets or []
+        self._refuse_empty()
         self.indices = self._keep_long_enough(min_sample_size)
         self.sizes = np.minimum(np.array(manifest.sizes)[self.indices], self.max_sample_size)
+
+    def _describe(self, entry: int) -> str:
+        return f"{self.manifest.path}, line {self.manifest.line_numbers[entry]}: {self.manifest.audio_path(entry)}"
+
+    def _refuse_empty(self) -> None:
+        if len(self.manifest) == 0:
+            raise AudioInputError(f"{self.manifest.path}: the manifest lists no audio file")
+        for entry, size in enumerate(self.manifest.sizes):
+            if size == 0:  # it would be an example of padding only
+                raise AudioInputError(f"{self._describe(entry)}: the file is empty (0 samples): remove its line")
+
+    def require_min_samples(self, min_samples: int, why: str) -> None:
+        """Refuse (naming the first, and how many) the files kept that are shorter than
+        ``min_samples``: ``why`` says what needs that many."""
+        sizes = np.array(self.manifest.sizes, dtype=np.int64)[self.indices]
+        short = np.flatnonzero(sizes < min_samples)
+        if len(short):
+            entry = int(self.indices[short[0]])
+            raise AudioInputError(
+                f"{self._describe(entry)}: {self.manifest.sizes[entry]} samples, fewer than the {min_samples} {why} "
+                f"({len(short)} file(s) of the manifest are that short): remove them, or set task.min_sample_size "
+                f"to leave shorter files out"
+            )
 
     def _keep_long_enough(self, min_sample_size: int) -> np.ndarray:
         sizes = np.array(self.manifest.sizes, dtype=np.int64)
@@ -83,19 +116,16 @@ class WaveformDataset(FairseqDataset):
         return len(self.indices)
 
     def __getitem__(self, index):
+        """The item's file is checked here (header only); its samples are read by the collater."""
         entry = int(self.indices[index])
-        path = self.manifest.audio_path(entry)
-        line = self.manifest.line_numbers[entry]
-        wav = read_audio(path, self.sample_rate, self.manifest.path, line)
-        if len(wav) != self.manifest.sizes[entry]:
-            raise AudioInputError(
-                f"{self.manifest.path}, line {line}: {path} has {len(wav)} samples, the manifest "
-                f"says {self.manifest.sizes[entry]} (rebuild the manifest)"
-            )
-        source = torch.from_numpy(wav)
-        if self.normalize:
-            source = F.layer_norm(source, source.shape)
-        item = {"id": index, "source": source}
+        check_audio_file(
+            self.manifest.audio_path(entry),
+            self.sample_rate,
+            self.manifest.path,
+            self.manifest.line_numbers[entry],
+            expected_length=self.manifest.sizes[entry],
+        )
+        item = {"id": index, "entry": entry, "length": self.manifest.sizes[entry]}
         if self.label_sets:
             item["label_list"] = [torch.from_numpy(ls.labels[entry]) for ls in self.label_sets]
         return item
@@ -127,17 +157,30 @@ class WaveformDataset(FairseqDataset):
             return self.fixed_length
         return min(max(lengths) if self.pad_audio else min(lengths), self.max_sample_size)
 
+    def read_crop(self, entry: int, start: int, frames: int) -> torch.Tensor:
+        path = self.manifest.audio_path(entry)
+        wav = read_audio(
+            path,
+            self.sample_rate,
+            self.manifest.path,
+            self.manifest.line_numbers[entry],
+            start=start,
+            frames=frames,
+            expected_length=self.manifest.sizes[entry],
+        )
+        piece = torch.from_numpy(wav)
+        return F.layer_norm(piece, piece.shape) if self.normalize else piece
+
     def collater(self, samples):
         if not samples:
             return {}
-        sources = [s["source"] for s in samples]
-        length = self.batch_length([len(s) for s in sources])
-        audio = sources[0].new_zeros(len(sources), length)
-        padding_mask = torch.zeros(len(sources), length, dtype=torch.bool)
+        length = self.batch_length([s["length"] for s in samples])
+        audio = torch.zeros(len(samples), length)
+        padding_mask = torch.zeros(len(samples), length, dtype=torch.bool)
         starts = []
-        for i, (sample, source) in enumerate(zip(samples, sources)):
-            start = self.crop_start(sample["id"], len(source), length)
-            piece = source[start : start + length]
+        for i, sample in enumerate(samples):
+            start = self.crop_start(sample["id"], sample["length"], length)
+            piece = self.read_crop(sample["entry"], start, min(length, sample["length"] - start))
             audio[i, : len(piece)] = piece
             padding_mask[i, len(piece) :] = True
             starts.append(start)

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
@@ -19,6 +19,8 @@ from omegaconf import II, MISSING
 from audio_ssl_ext.data.labels import load_dictionary, load_label_set
 from audio_ssl_ext.data.manifest import read_manifest
 from audio_ssl_ext.data.waveform_dataset import WaveformDataset
+from audio_ssl_ext.modules.conv_features import conv_num_frames, parse_conv_layers
+from audio_ssl_ext.modules.learner import Learner
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,13 @@ class WaveformPretrainingConfig(FairseqDataclass):
     max_sample_size: Optional[int] = field(
         default=None, metadata={"help": "crop longer waveforms to this many samples"}
     )
-    min_sample_size: int = field(default=0, metadata={"help": "leave out shorter files"})
+    min_sample_size: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "leave out shorter files (default: none); files too short for one frame of the model "
+            "(its conv stack's receptive field) are refused whatever this says"
+        },
+    )
     random_crop: bool = field(
         default=True, metadata={"help": "random crop offsets in training (centre otherwise)"}
     )
@@ -58,9 +66,48 @@ class WaveformPretrainingConfig(FairseqDataclass):
     seed: int = II("common.seed")  # crops are drawn from (seed, epoch, sample index)
 
 
+def shortest_input(num_frames: Callable[[int], int]) -> int:
+    """The fewest samples for which ``num_frames`` gives one frame (bisection)."""
+    n = 1
+    while num_frames(n) < 1:
+        n *= 2
+    lo, hi = n // 2, n
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if num_frames(mid) >= 1 else (mid, hi)
+    return hi
+
+
+def model_min_samples(model, model_cfg) -> int:
+    """The shortest input that gives ``model`` one frame: from the feature interface of our
+    learners, from the conv stack of a foreign fairseq waveform model, else 1."""
+    if isinstance(model, Learner):
+        return shortest_input(model.num_frames)
+    spec = getattr(model_cfg, "conv_feature_layers", None)
+    if isinstance(spec, str):
+        layers = parse_conv_layers(spec)
+        return shortest_input(lambda n: conv_num_frames(n, layers))
+    return 1
+
+
 class WaveformTask(FairseqTask):
-    """What both of our tasks share: no source/target dictionary (self-supervised), and lengths
-    handled by the dataset's cropping rather than by fairseq's size filter."""
+    """What both of our tasks share: no source/target dictionary (self-supervised), lengths
+    handled by the dataset's cropping rather than by fairseq's size filter, and files too short
+    for the model refused with their manifest line (fairseq builds the model before it loads the
+    data; datasets loaded earlier are checked when the model is built)."""
+
+    min_input_samples: Optional[int] = None  # known once the model is built
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self.min_input_samples = model_min_samples(model, cfg)
+        for dataset in self.datasets.values():
+            self.check_lengths(dataset)
+        return model
+
+    def check_lengths(self, dataset: WaveformDataset) -> None:
+        if self.min_input_samples is not None:
+            dataset.require_min_samples(self.min_input_samples, "the model needs for one frame (its receptive field)")
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
@@ -111,10 +158,11 @@ class WaveformPretrainingTask(WaveformTask):
             manifest,
             sample_rate=self.cfg.sample_rate,
             max_sample_size=self.cfg.max_sample_size,
-            min_sample_size=self.cfg.min_sample_size,
+            min_sample_size=self.cfg.min_sample_size or 0,
             pad_audio=self.cfg.enable_padding,
             normalize=self.cfg.normalize,
             random_crop=self.cfg.random_crop and split == "train",
             seed=self.cfg.seed,
             label_sets=label_sets,
         )
+        self.check_lengths(self.datasets[split])
