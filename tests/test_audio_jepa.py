@@ -197,12 +197,12 @@ def targets_seen(model, patches, masks):
     shapes = []
     hook = model.teacher.model.transformer.register_forward_pre_hook(lambda m, args: shapes.append(args[0].shape))
     try:
-        return model.target_embeddings(patches, masks.targets), shapes
+        return model.target_embeddings(patches, masks.targets, whole_input=model.cfg.target_domain != "audio"), shapes
     finally:
         hook.remove()
 
 
-@pytest.mark.parametrize("domain", ["audio", "latent"])
+@pytest.mark.parametrize("domain", ["audio", "latent_masked"])
 def test_target_domain_decides_what_the_target_encoder_sees(domain):
     model = tiny_model(target_domain=domain).eval()
     patches = model.frontend(synthetic_batch(2)).patches  # (2, 65, 256)
@@ -237,7 +237,7 @@ def test_target_domain_decides_what_the_target_encoder_sees(domain):
 # --- training -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("domain", ["audio", "latent"])
+@pytest.mark.parametrize("domain", ["audio", "latent", "latent_masked"])
 @pytest.mark.parametrize("masking", ["unstructured", "multi_block", "time"])
 def test_training_steps_lower_the_loss_without_collapse(masking, domain):
     model = tiny_model(masking=masking, target_domain=domain, min_context_patches=4)
@@ -258,9 +258,38 @@ def test_l1_loss_is_smooth_l1_with_beta_zero_and_the_sum_over_target_patches():
         patches = model.frontend(source).patches
         context = model.encoder(patches, keep=masks.context)
         prediction = model.predictor(context, masks.context, masks.targets)
-        target = model.target_embeddings(patches, masks.targets)
+        target = model.target_embeddings(patches, masks.targets, whole_input=False)
     assert out["sample_size"] == 2 * 39  # 60% of 65 patches per example
     assert_close(out["losses"]["jepa"], (prediction - target).abs().mean(-1).sum(), atol=1e-4)
+
+
+def zero_prediction_loss(domain):
+    """(model output, per-position loss by hand) when the predictor's output map is zero, so every
+    prediction is 0: smooth L1 (beta 1) of 0 against the layer-normalised output of the target
+    encoder, which in both latent domains sees every patch."""
+    model = tiny_model(target_domain=domain).eval()
+    torch.nn.init.zeros_(model.predictor.head.weight)
+    torch.nn.init.zeros_(model.predictor.head.bias)
+    source, ids = synthetic_batch(2), torch.arange(2)
+    with torch.no_grad():
+        out = model(source, sample_ids=ids)
+        t = torch.nn.functional.layer_norm(model.teacher.model(model.frontend(source).patches), (64,))
+    per_position = torch.where(t.abs() < 1, 0.5 * t.square(), t.abs() - 0.5).mean(dim=-1)  # (2, 65)
+    return model, out, per_position
+
+
+def test_latent_domain_predicts_and_scores_every_position():
+    """The reference's latent domain (mask_targets=False): the predictor's output at all 65
+    positions, context ones included, is scored against the target encoder's view of all
+    patches; latent_masked (I-JEPA's) scores the 39 target positions only."""
+    _, out, per_position = zero_prediction_loss("latent")
+    assert out["sample_size"] == 2 * 65
+    assert_close(out["losses"]["jepa"], per_position.sum(), atol=1e-3)
+
+    model, out, per_position = zero_prediction_loss("latent_masked")
+    targets = model.draw_masks(torch.arange(2)).targets[:, 0]  # (2, 39): one group, unstructured
+    assert out["sample_size"] == 2 * 39
+    assert_close(out["losses"]["jepa"], per_position.gather(1, targets).sum(), atol=1e-3)
 
 
 def test_resume_from_a_state_dict_continues_exactly():

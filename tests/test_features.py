@@ -97,6 +97,23 @@ def test_logmel_matches_librosa_melspectrogram(name, center):
     np.testing.assert_allclose(run(frontend, signal, torch.float32), reference, rtol=0, atol=1e-3)
 
 
+def test_logmel_with_the_references_400_point_fft_matches_librosa():
+    """n_fft=400 (MW-MAE's torchaudio and Audio-JEPA's nnAudio frontends): librosa with n_fft =
+    win_length = 400, so no zero-padding of the window."""
+    signal = SIGNALS["chord"]
+    frontend = LogMelSpectrogram(center=True, n_fft=400)
+    assert frontend.n_fft == 400 and LogMelSpectrogram().n_fft == 512
+    reference = librosa.feature.melspectrogram(
+        y=signal, sr=SR, n_fft=400, hop_length=160, win_length=400, window="hann", center=True,
+        pad_mode="constant", power=2.0, n_mels=80, fmin=50.0, fmax=8000.0, htk=False, norm="slaney",
+        dtype=np.float64,
+    )
+    reference = np.log(np.maximum(reference, 1e-6))
+    np.testing.assert_allclose(run(frontend, signal, torch.float64), reference, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="n_fft=256 is shorter than the 400-sample window"):
+        LogMelSpectrogram(n_fft=256)
+
+
 def test_logmel_standardize_gives_zero_mean_unit_std_per_instance():
     batch = torch.tensor(np.stack([SIGNALS["chord"], 3.0 * SIGNALS["sweep"]]), dtype=torch.float32)
     plain = LogMelSpectrogram()(batch)

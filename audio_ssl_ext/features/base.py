@@ -14,6 +14,8 @@ The computation runs in float32 (float64 for float64 input, which the tests use 
 comparisons) and the output comes back in the input's dtype: float32 for float32 waveforms.
 """
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -112,9 +114,10 @@ class StftFrontend(SpectralFrontend):
 
     Frame i covers samples [i * hop, i * hop + win_length) ("snip edges", as Kaldi and HuBERT's
     MFCC/label pipeline do), so frames = 1 + (T - win_length) // hop. Each frame is multiplied by
-    a periodic Hann window of win_length samples and zero-padded to n_fft, the next power of two
-    (400 -> 512 at 25 ms / 16 kHz, as Kaldi's round_to_power_of_two): a finer frequency grid at no
-    loss of time resolution. Zero-padding a windowed frame only changes the phase, so the power
+    a periodic Hann window of win_length samples and zero-padded to n_fft: by default the next power
+    of two (400 -> 512 at 25 ms / 16 kHz, as Kaldi's round_to_power_of_two), a finer frequency grid
+    at no loss of time resolution; ``n_fft`` sets it (torchaudio, nnAudio and the MW-MAE and
+    Audio-JEPA references use n_fft = win_length = 400). Zero-padding a windowed frame only changes the phase, so the power
     spectrum equals librosa's/torch.stft's with the window centred in an n_fft frame.
 
     With center=True the input is zero-padded by win_length // 2 on both sides, so frame i is
@@ -122,13 +125,18 @@ class StftFrontend(SpectralFrontend):
     with different windows then give aligned frames that can be concatenated.
     """
 
-    def __init__(self, sample_rate: int, win_length: int, hop_length: int, center: bool):
+    def __init__(self, sample_rate: int, win_length: int, hop_length: int, center: bool, n_fft: Optional[int] = None):
         super().__init__()
         self.sample_rate = int(sample_rate)
         self.win_length = int(win_length)
         self.hop_length = int(hop_length)
         self.center = bool(center)
-        self.n_fft = 1 << (self.win_length - 1).bit_length()
+        self.n_fft = 1 << (self.win_length - 1).bit_length() if n_fft is None else int(n_fft)
+        if self.n_fft < self.win_length:
+            raise ValueError(
+                f"n_fft={self.n_fft} is shorter than the {self.win_length}-sample window: use at least "
+                f"{self.win_length} (or leave it unset for the next power of two)"
+            )
 
     @property
     def padding(self) -> int:

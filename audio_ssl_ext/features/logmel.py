@@ -12,7 +12,7 @@ class LogMelSpectrogram(StftFrontend):
     """(B, T) waveforms -> (B, frames, n_mels) natural-log mel power.
 
     Power spectra of Hann-windowed frames (see StftFrontend: win_ms window, n_fft the next power
-    of two, Kaldi framing unless center=True), Slaney mel filters with Slaney area normalisation
+    of two unless given, Kaldi framing unless center=True), Slaney mel filters with Slaney area normalisation
     (librosa's defaults), then ``log(max(mel_power, log_floor))``. The floor (1e-6, 60 dB below
     the power of a unit-amplitude frame) keeps digital silence finite. With standardize=True each
     example is shifted and scaled to zero mean and unit standard deviation over all its frames and
@@ -30,6 +30,7 @@ class LogMelSpectrogram(StftFrontend):
         center: bool = False,
         log_floor: float = 1e-6,
         standardize: bool = False,
+        n_fft: Optional[int] = None,
     ):
         if hop_ms <= 0:
             raise ValueError(f"hop_ms must be positive, got {hop_ms}")
@@ -38,6 +39,7 @@ class LogMelSpectrogram(StftFrontend):
             win_length=samples_in(sample_rate, win_ms),
             hop_length=hop_length_for(sample_rate, 1000.0 / hop_ms),
             center=center,
+            n_fft=n_fft,
         )
         if log_floor <= 0:
             raise ValueError(f"log_floor must be positive, got {log_floor}")

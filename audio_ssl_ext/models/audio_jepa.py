@@ -32,7 +32,7 @@ from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncod
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])
-TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent"])
+TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent", "latent_masked"])
 
 
 @dataclass
@@ -89,7 +89,9 @@ class AudioJepaConfig(PatchEncoderConfig):
     target_domain: TARGET_DOMAIN_CHOICES = field(
         default="audio",
         metadata={"help": "audio: the target encoder sees only the target patches; latent: it sees "
-                  "all patches and targets are picked from its output"},
+                  "all patches and every position is predicted and scored (the reference's "
+                  "mask_targets=False); latent_masked: it sees all patches, only the targets are "
+                  "predicted and scored (I-JEPA's)"},
     )
 
     # loss
@@ -150,15 +152,28 @@ class JepaPredictor(nn.Module):
         self.transformer = TransformerStack(dim, depth, lambda _: Attention(dim, num_heads), mlp_ratio)
         self.head = nn.Linear(dim, encoder_dim)
 
-    def forward(self, context_tokens: torch.Tensor, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, context_tokens: torch.Tensor, context: torch.Tensor, targets: torch.Tensor, predict_context: bool = False
+    ) -> torch.Tensor:
         """(B, Nc, encoder_dim) tokens at (B, Nc) positions, (B, G, K) target positions
-        -> (B, G, K, encoder_dim)."""
+        -> (B, G, K, encoder_dim), or with ``predict_context`` (one group) (B, 1, Nc + K,
+        encoder_dim): the predictions at the context positions, then at the targets (the
+        reference's predictor, which outputs every position of its sequence)."""
         batch, groups, count = targets.shape
         x = self.embed(context_tokens) + self.pos_embed[context]
         x = x.repeat_interleave(groups, dim=0)
         queries = self.mask_token + self.pos_embed[targets.reshape(batch * groups, count)]
         x = self.transformer(torch.cat([x, queries.to(x.dtype)], dim=1))
+        if predict_context:
+            return self.head(x)[:, None]
         return self.head(x[:, -count:]).reshape(batch, groups, count, -1)
+
+
+def complement(context: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """(B, Nc) patch indices -> (B, N - Nc): the other patches of each example, ascending."""
+    is_context = torch.zeros(context.shape[0], num_patches, dtype=torch.bool, device=context.device)
+    is_context.scatter_(1, context, True)
+    return (~is_context).nonzero()[:, 1].reshape(context.shape[0], num_patches - context.shape[1])
 
 
 def jepa_loss(prediction: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor:
@@ -247,23 +262,32 @@ class AudioJepaModel(TeacherCheckpointMixin, PatchEncoderFeatures, BaseFairseqMo
         padding_mask: Optional[torch.Tensor] = None,
         sample_ids: Optional[torch.Tensor] = None,
         masks: Optional[ContextTargetMask] = None,
+        crop_start: Optional[torch.Tensor] = None,
     ) -> Dict:
-        """The JEPA loss for fairseq's ``model`` criterion: the sum over target patches of the
+        """The JEPA loss for fairseq's ``model`` criterion: the sum over scored patches of the
         per-patch (smooth) L1, ``sample_size`` the number of those patches, so fairseq logs the
         mean per-patch loss. The criterion ``model_with_sample_ids`` passes ``sample_ids``; ``masks``
-        replaces the drawn ones."""
+        replaces the drawn ones; ``crop_start`` (the crop task's) is where each crop starts in
+        frames (``LogMelPatches.forward``)."""
         if masks is None:
             masks = self.draw_masks(self.require_sample_ids(sample_ids))
         context, targets = masks.context.to(source.device), masks.targets.to(source.device)
+        every_position = self.cfg.target_domain == "latent"
+        if every_position:
+            # The reference's mask_targets=False: the target "mask" is every patch, so the
+            # predictor's mask tokens fill every non-context position, one pass, and all its
+            # outputs are scored, context positions included.
+            targets = complement(context, self.frontend.num_patches)[:, None]
 
-        inputs = self.frontend(source, padding_mask)
+        inputs = self.frontend(source, padding_mask, crop_start)
         context_tokens = self.encoder(inputs.patches, keep=context)
-        prediction = self.predictor(context_tokens, context, targets)
-        target = self.target_embeddings(inputs.patches, targets)
+        prediction = self.predictor(context_tokens, context, targets, predict_context=every_position)
+        scored = torch.cat([context[:, None], targets], dim=2) if every_position else targets
+        target = self.target_embeddings(inputs.patches, scored, whole_input=self.cfg.target_domain != "audio")
         loss = jepa_loss(prediction, target, self.cfg.smooth_l1_beta)
-        # Targets reaching into a short file's zero padding are not scored.
-        batch = targets.shape[0]
-        weight = inputs.patch_valid.gather(1, targets.reshape(batch, -1)).reshape(targets.shape)
+        # Patches reaching into a short file's padding are not scored.
+        batch = scored.shape[0]
+        weight = inputs.patch_valid.gather(1, scored.reshape(batch, -1)).reshape(scored.shape)
         weight = weight.to(loss.dtype)
 
         result = {"losses": {"jepa": (loss * weight).sum()}, "sample_size": int(weight.sum().item())}
@@ -271,18 +295,18 @@ class AudioJepaModel(TeacherCheckpointMixin, PatchEncoderFeatures, BaseFairseqMo
         return result
 
     @torch.no_grad()
-    def target_embeddings(self, patches: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B, G, K, D) fp32 target-encoder outputs at ``targets``, once it has caught up with
-        this update. Audio domain: it encodes each target group's patches alone; latent domain:
-        it encodes all patches and the targets are picked from its output."""
+    def target_embeddings(self, patches: torch.Tensor, positions: torch.Tensor, whole_input: bool) -> torch.Tensor:
+        """(B, G, K, D) fp32 target-encoder outputs at ``positions``, once it has caught up with
+        this update. Audio domain: it encodes each group's patches alone; ``whole_input`` (latent
+        domains): it encodes all patches and the targets are picked from its output."""
         self.teacher.update(self.encoder, self.num_updates)
         teacher = self.teacher.model
-        if self.cfg.target_domain == "audio":
-            embeddings = teacher(patches, keep=targets)
+        if not whole_input:
+            embeddings = teacher(patches, keep=positions)
         else:
             everything = teacher(patches)
-            batch, groups, count = targets.shape
-            index = targets.reshape(batch, groups * count, 1).expand(-1, -1, everything.shape[-1])
+            batch, groups, count = positions.shape
+            index = positions.reshape(batch, groups * count, 1).expand(-1, -1, everything.shape[-1])
             embeddings = everything.gather(1, index).reshape(batch, groups, count, -1)
         embeddings = embeddings.float()
         if self.cfg.layer_norm_targets:

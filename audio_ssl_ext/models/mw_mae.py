@@ -36,6 +36,16 @@ class AudioMaeConfig(PatchEncoderConfig):
     norm_pix_loss: bool = field(
         default=False, metadata={"help": "normalise each target patch to zero mean, unit variance (off in the paper)"}
     )
+    use_cls_token: bool = field(
+        default=False,
+        metadata={"help": "a CLS token before the patches in encoder and decoder (the official MAE "
+                  "baseline's; MW-MAE has none); features never include it"},
+    )
+    trainable_pos_embed: bool = field(
+        default=False,
+        metadata={"help": "encoder and decoder positions are parameters initialized as sine-cosine "
+                  "(the official code's) instead of fixed"},
+    )
 
 
 @dataclass
@@ -74,7 +84,9 @@ class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
         num_patches = self.frontend.num_patches
         enc_dim, dec_dim = cfg.encoder_embed_dim, cfg.decoder_embed_dim
 
-        self.patch_embed = PatchEmbedding(self.frontend.patch_dim, enc_dim, self.frontend.grid)
+        self.patch_embed = PatchEmbedding(
+            self.frontend.patch_dim, enc_dim, self.frontend.grid, trainable_positions=cfg.trainable_pos_embed
+        )
         self.encoder = TransformerStack(
             enc_dim, cfg.encoder_layers,
             _attention_factory(enc_dim, cfg.encoder_attention_heads, encoder_window_sizes),
@@ -82,9 +94,16 @@ class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
         )
         self.decoder_embed = nn.Linear(enc_dim, dec_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_dim))
-        self.register_buffer(
-            "decoder_pos_embed", sincos_1d(dec_dim, torch.arange(num_patches)), persistent=False
-        )
+        # The CLS token's positions are zero rows, as the official get_*_sincos_pos_embed(cls_token=True).
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, enc_dim)) if cfg.use_cls_token else None
+        self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, enc_dim)) if cfg.use_cls_token and cfg.trainable_pos_embed else None
+        decoder_positions = sincos_1d(dec_dim, torch.arange(num_patches))
+        if cfg.use_cls_token:
+            decoder_positions = torch.cat([torch.zeros(1, dec_dim), decoder_positions])
+        if cfg.trainable_pos_embed:
+            self.decoder_pos_embed = nn.Parameter(decoder_positions)
+        else:
+            self.register_buffer("decoder_pos_embed", decoder_positions, persistent=False)
         self.decoder = TransformerStack(
             dec_dim, cfg.decoder_layers,
             _attention_factory(dec_dim, cfg.decoder_attention_heads, decoder_window_sizes),
@@ -94,6 +113,8 @@ class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
 
         self.apply(init_vit_weights)
         nn.init.normal_(self.mask_token, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
 
     @classmethod
     def build_model(cls, cfg: AudioMaeConfig, task=None):
@@ -114,13 +135,16 @@ class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
         source: torch.Tensor,
         padding_mask: Optional[torch.Tensor] = None,
         sample_ids: Optional[torch.Tensor] = None,
+        crop_start: Optional[torch.Tensor] = None,
     ) -> Dict:
-        inputs = self.frontend(source, padding_mask)
+        """The loss for fairseq's ``model`` criterion on the crops from frame ``crop_start`` of
+        each example (see ``LogMelPatches.forward``; the crop task passes it)."""
+        inputs = self.frontend(source, padding_mask, crop_start)
         mask = self.draw_masks(self.require_sample_ids(sample_ids))
         kept, masked = mask.kept.to(source.device), mask.masked.to(source.device)
 
         tokens = self.patch_embed(inputs.patches)
-        latent = self.encoder(_gather_tokens(tokens, kept))
+        latent = self.encoder(self.with_cls(_gather_tokens(tokens, kept)))
         pred = self.decode(latent, kept)
 
         target = _gather_tokens(inputs.patches, masked)
@@ -128,29 +152,52 @@ class AudioMaeModel(PatchEncoderFeatures, BaseFairseqModel):
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
         error = (_gather_tokens(pred, masked) - target).square().mean(dim=-1)
-        # Patches reaching into a short file's zero padding are not scored.
+        # Patches reaching into a short file's padding are not scored.
         weight = torch.gather(inputs.patch_valid, 1, masked).to(error.dtype)
         return {
             "losses": {"mse": (error * weight).sum()},
             "sample_size": weight.sum().long().item(),
         }
 
+    def with_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Patch tokens (B, K, D) -> [CLS + its position, tokens] when the model has a CLS token."""
+        if self.cls_token is None:
+            return tokens
+        cls = self.cls_token if self.cls_pos_embed is None else self.cls_token + self.cls_pos_embed
+        return torch.cat([cls.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1)
+
     def decode(self, latent: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        """Encoder output of the visible patches -> predicted patches, all N of them."""
+        """Encoder output of the visible patches (after the CLS token, if any) -> predicted
+        patches, all N of them."""
         x = self.decoder_embed(latent)
+        skip = 0 if self.cls_token is None else 1
         batch, _, dim = x.shape
         full = self.mask_token.to(x.dtype).expand(batch, self.frontend.num_patches, dim)
-        full = full.scatter(1, kept[:, :, None].expand(-1, -1, dim), x)
-        return self.decoder_pred(self.decoder(full + self.decoder_pos_embed.to(x.dtype)))
+        full = full.scatter(1, kept[:, :, None].expand(-1, -1, dim), x[:, skip:])
+        if skip:
+            full = torch.cat([x[:, :1], full], dim=1)
+        pred = self.decoder_pred(self.decoder(full + self.decoder_pos_embed.to(x.dtype)))
+        return pred[:, skip:]
 
     def encode_patches(self, patches: torch.Tensor, layer_results: List[torch.Tensor]) -> torch.Tensor:
-        return self.encoder(self.patch_embed(patches), layer_results)
+        """Patch tokens only, in ``layer_results`` and the output: the CLS token is dropped."""
+        first = len(layer_results)
+        out = self.encoder(self.with_cls(self.patch_embed(patches)), layer_results)
+        if self.cls_token is None:
+            return out
+        layer_results[first:] = [h[:, 1:] for h in layer_results[first:]]
+        return out[:, 1:]
 
 
 @register_model("mw_mae", dataclass=MwMaeConfig)
 class MwMaeModel(AudioMaeModel):
     @classmethod
     def build_model(cls, cfg: MwMaeConfig, task=None):
+        if cfg.use_cls_token:
+            raise ValueError(
+                "model.use_cls_token=true with mw_mae: MW-MHA windows tile the patch sequence, which a "
+                "CLS token would lengthen by one (the official MW-MAE has none; audio_mae has the option)"
+            )
         num_patches = (cfg.input_frames // cfg.patch_time) * (cfg.n_mels // cfg.patch_freq)
         decoder_windows = resolve_window_sizes(
             cfg.decoder_window_sizes, [num_patches], cfg.decoder_attention_heads, "model.decoder_window_sizes"

@@ -1,4 +1,4 @@
-"""Spectrogram patches and fixed sine-cosine positions (MAE / MW-MAE / Audio-JEPA).
+"""Spectrogram patches and sine-cosine positions (MAE / MW-MAE / Audio-JEPA).
 
 A spectrogram (B, frames, mels) is cut into non-overlapping (patch_time x patch_freq) patches,
 flattened *time-major*: patch index = time_patch * freq_patches + freq_patch. Consecutive indices
@@ -68,18 +68,24 @@ def sincos_2d(dim: int, grid: Tuple[int, int]) -> torch.Tensor:
 
 
 class PatchEmbedding(nn.Module):
-    """Flattened patches -> tokens plus the fixed 2-D sine-cosine position of each patch.
+    """Flattened patches -> tokens plus the 2-D sine-cosine position of each patch.
 
     A linear map of the flattened patch is the same function as MAE's Conv2d with
     stride = kernel = patch size. All patches are embedded; a learner keeps the visible ones after.
+    Positions are fixed (a buffer, not saved: a function of the config) unless
+    ``trainable_positions``: then a parameter initialized as sine-cosine (the official MW-MAE code
+    declares them in flax's "params" collection, so its optimizer trains them).
     """
 
-    def __init__(self, patch_dim: int, embed_dim: int, grid: Tuple[int, int]):
+    def __init__(self, patch_dim: int, embed_dim: int, grid: Tuple[int, int], trainable_positions: bool = False):
         super().__init__()
         self.grid = tuple(grid)
         self.proj = nn.Linear(patch_dim, embed_dim)
-        # Fixed, so not a parameter; not saved either: it is a function of the config.
-        self.register_buffer("pos_embed", sincos_2d(embed_dim, self.grid), persistent=False)
+        positions = sincos_2d(embed_dim, self.grid)
+        if trainable_positions:
+            self.pos_embed = nn.Parameter(positions)
+        else:
+            self.register_buffer("pos_embed", positions, persistent=False)
 
     @property
     def num_patches(self) -> int:
