@@ -22,7 +22,12 @@ anything. The last line has a fixed form, our cost / stock cost per learner:
 
 ``--profile LEARNER`` prints torch.profiler's top operators for one step of ours and of the stock.
 
-Usage: python scripts/train_bench.py [--shapes tiny base] [--learners ...] [--pairs 10] [--threads 2]
+``--data`` measures the data path instead: items per second through fairseq's batch iterator
+with ``dataset.num_workers`` 0 and 2, on 5 s files and on 10 min files (only the crop should be
+read), and the fraction of a tiny training loop's time spent waiting for the next batch.
+Its last line: ``train_bench: data short_w0=... long_w0=... wait_tiny_w0=0.12 ...``.
+
+Usage: python scripts/train_bench.py [--shapes tiny base] [--learners ...] [--pairs 10] [--threads 2] [--data]
 """
 
 import argparse
@@ -233,6 +238,85 @@ def profile(learner: str, ours: Callable, stock: Callable) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 
+DATA_CONFIGS = {"musichubert": "waveform crops (2 s)", "mwmae": "fixed crops (1 s)"}
+
+
+def data_corpus(root: str, kind: str) -> None:
+    """64 manifest lines at 16 kHz PCM16: 64 files of 5 s ("short") or 4 files of 10 min, each
+    hard-linked under 16 names ("long": a manifest's entries must be distinct paths)."""
+    files, seconds = (64, 5.0) if kind == "short" else (4, 600.0)
+    rng = np.random.default_rng(0)
+    samples = int(seconds * 16000)
+    with open(os.path.join(root, "train.tsv"), "w") as manifest:
+        manifest.write(root + "\n")
+        for i in range(files):
+            path = os.path.join(root, f"{i}.wav")
+            sf.write(path, (0.1 * rng.standard_normal(samples)).astype(np.float32), 16000, subtype="PCM_16")
+            names = [f"{i}.wav"] + [f"{i}_{j}.wav" for j in range(1, 64 // files)]
+            for name in names[1:]:
+                os.link(path, os.path.join(root, name))
+            manifest.writelines(f"{name}\t{samples}\n" for name in names)
+        for name in ("km",):
+            with open(os.path.join(root, f"dict.{name}.txt"), "w") as f:
+                f.writelines(f"{k} 1\n" for k in range(50))
+            with open(os.path.join(root, f"train.{name}"), "w") as f:
+                line = " ".join(map(str, rng.integers(0, 50, int(seconds * 100)))) + "\n"
+                f.writelines(line for _ in range(64))
+
+
+def batches(task, workers: int, epoch: int = 1):
+    dataset = task.dataset("train")
+    return task.get_batch_iterator(
+        dataset, max_tokens=task.cfg.get("max_tokens") or 128000, max_sentences=8, num_workers=workers,
+        seed=1, epoch=epoch, required_batch_size_multiple=1,
+    ).next_epoch_itr(shuffle=True)
+
+
+def data_bench(args) -> None:
+    from fairseq import tasks
+
+    results = {}
+    for kind in ("short", "long"):
+        with tempfile.TemporaryDirectory() as root:
+            data_corpus(root, kind)
+            for config_dir in DATA_CONFIGS:
+                cfg = compose(config_dir, "tiny", root, 32000, ["task.labels=[km]"] if config_dir == "musichubert" else [])
+                task = tasks.setup_task(cfg.task)
+                torch.manual_seed(0)
+                model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+                task.load_dataset("train")  # after build_model: the crop task asks the model's frame grid
+                for workers in (0, 2):
+                    wall = time.perf_counter()
+                    items = sum(len(b["id"]) for b in batches(task, workers))
+                    rate = items / (time.perf_counter() - wall)
+                    results[f"{config_dir}_{kind}_w{workers}"] = rate
+                    print(f"loader {config_dir:11s} ({DATA_CONFIGS[config_dir]}) {kind:5s} files, num_workers={workers}: "
+                          f"{rate:7.1f} items/s", flush=True)
+                if kind == "short":
+                    for workers in (0, 2):
+                        results[f"wait_{config_dir}_w{workers}"] = wait_fraction(model, criterion, task, workers)
+    print("train_bench: data " + " ".join(f"{k}={v:.3g}" for k, v in results.items()), flush=True)
+
+
+def wait_fraction(model, criterion, task, workers: int) -> float:
+    """Share of a tiny training loop's wall time spent in ``next(batch iterator)``."""
+    waiting, wall = 0.0, time.perf_counter()
+    iterator = iter(batches(task, workers))
+    steps = 0
+    while True:
+        start = time.perf_counter()
+        sample = next(iterator, None)
+        waiting += time.perf_counter() - start
+        if sample is None:
+            break
+        make_step(model, criterion, sample)()
+        steps += 1
+    share = waiting / (time.perf_counter() - wall)
+    print(f"wait    {type(model).__name__:11s} tiny, num_workers={workers}: {share:.1%} of {steps} steps' time waiting for data",
+          flush=True)
+    return share
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["tiny"], choices=sorted(SHAPES))
@@ -241,12 +325,15 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", choices=list(PAIRS), help="print torch.profiler tables for this learner")
+    parser.add_argument("--data", action="store_true", help="measure the data path instead (see above)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import audio_ssl_ext  # noqa: F401  (registers our tasks and models)
 
     logging.disable(logging.INFO)  # fairseq and hydra log every config at DEBUG/INFO level
 
+    if args.data:
+        return data_bench(args)
     for shape in args.shapes:
         ratios = {learner: bench(PAIRS[learner], shape, args) for learner in args.learners}
         print(f"train_bench: shape={shape} " + " ".join(f"{k}={v['wall']:.2f}" for k, v in ratios.items()), flush=True)
