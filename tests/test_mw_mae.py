@@ -81,32 +81,157 @@ def test_a_crop_shorter_than_the_model_input_is_an_error_that_names_crop_seconds
 
 
 # ---------------------------------------------------------------------------- task
-def _manifest(tmp_path, seconds):
+# The recipes' input settings (base.yaml and tiny.yaml): both references' 400-point FFT and
+# reflect-padded centring; MW-MAE's per-clip statistics and reflected chunk padding.
+OFFICIAL = dict(n_fft=400, center_padding="reflect", normalization="per_clip", chunk_padding="reflect")
+NORMALIZATIONS = {
+    "per_clip": {},
+    "dataset": dict(normalization="dataset", norm_mean=-5.0, norm_std=3.0),
+    "per_crop": dict(normalization="per_crop"),
+}
+
+
+def _manifest(tmp_path, samples):
     lines = [str(tmp_path)]
-    for i, s in enumerate(seconds):
-        wav = tones(1, s, seed=i)[0].numpy()
+    for i, n in enumerate(samples):
+        wav = tones(1, n / SR, seed=i)[0, :n].numpy()
         sf.write(tmp_path / f"c{i}.wav", wav, SR, subtype="FLOAT")
         lines.append(f"c{i}.wav\t{len(wav)}")
     for split in ("train", "valid"):
         (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
 
 
-def test_crop_task_serves_fixed_crops(tmp_path):
+def _read(tmp_path, i):
+    return torch.from_numpy(sf.read(tmp_path / f"c{i}.wav", dtype="float32")[0])
+
+
+def _crop_task(tmp_path, clip_seconds=10.0, **model_fields):
+    from omegaconf import OmegaConf
+
     from audio_ssl_ext.tasks.crop_pretraining import CropPretrainingConfig, CropPretrainingTask
 
-    _manifest(tmp_path, [1.5, 2.5, 0.5])
-    task = CropPretrainingTask.setup_task(CropPretrainingConfig(data=str(tmp_path), crop_seconds=1.0, seed=3))
+    task = CropPretrainingTask.setup_task(
+        CropPretrainingConfig(data=str(tmp_path), crop_seconds=1.0, clip_seconds=clip_seconds, seed=3)
+    )
+    torch.manual_seed(0)
+    model = task.build_model(OmegaConf.create({"_name": "mw_mae", **TINY, **OFFICIAL, **model_fields}))
     for split in ("train", "valid"):
         task.load_dataset(split)
-    train, valid = task.dataset("train"), task.dataset("valid")
-    batch = train.collater([train[i] for i in range(3)])
-    assert batch["net_input"]["source"].shape == (3, SR)
-    assert set(batch["net_input"]) == {"source", "padding_mask"}  # fairseq's keys; ids come via the criterion
-    assert batch["net_input"]["padding_mask"][2].sum() == SR // 2  # the 0.5 s file is padded
-    # Validation takes the centre: samples 0.25 s .. 1.25 s of the 1.5 s file.
-    centre = valid.collater([valid[0]])["net_input"]["source"][0]
-    full = torch.from_numpy(sf.read(tmp_path / "c0.wav", dtype="float32")[0])
-    assert torch.equal(centre, full[SR // 4 : SR // 4 + SR])
+    return task, model.eval()
+
+
+@pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))
+def test_extraction_of_a_clip_equals_trainings_view_of_the_same_crop(tmp_path, normalization):
+    """A 300-frame clip: validation's centre crop is frames 100-199, the second extraction chunk.
+    The encoder's output on the crop the task and the model cut for training equals the clip's
+    hidden states (what load_model, s3prl and HEAR read) at those 25 time steps; and the crop is
+    normalized as its mode says, by hand from the clip's raw log-mel."""
+    _manifest(tmp_path, [47900])  # 1 + 47900 // 160 = 300 frames
+    task, model = _crop_task(tmp_path, **NORMALIZATIONS[normalization])
+    valid = task.dataset("valid")
+    net_input = valid.collater([valid[0]])["net_input"]
+    clip = _read(tmp_path, 0)[None]
+    if normalization == "per_clip":  # the whole clip travels, for its statistics
+        assert net_input["source"].shape == (1, 47900) and net_input["crop_start"].tolist() == [100]
+    else:  # the crop's frames and the samples their windows reach (two frames' worth each side)
+        assert net_input["crop_start"].tolist() == [2]
+        torch.testing.assert_close(net_input["source"][0], clip[0, 98 * 160 : 199 * 160 + 200], rtol=0, atol=0)
+    with torch.no_grad():
+        training = model.frontend(**net_input)
+        tokens = model.encode_patches(training.patches, []).reshape(1, 25, -1)
+        extracted = model.hidden_states(clip, torch.tensor([47900]))[-1]
+        raw, _ = model.frontend.frames(clip)
+    assert extracted.shape == (1, 75, 5 * 32)
+    torch.testing.assert_close(tokens, extracted[:, 25:50], rtol=1e-5, atol=1e-5)
+
+    crop = raw[0, 100:200]
+    by_hand = {
+        "per_clip": (crop - raw.mean()) / raw.std(unbiased=False),
+        "dataset": (crop + 5.0) / 3.0,
+        "per_crop": (crop - crop.mean()) / crop.std(unbiased=False),
+    }[normalization]
+    torch.testing.assert_close(training.patches[0], patchify(by_hand[None], 4, 16)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_training_crops_are_cut_from_the_clips_own_frame_grid(tmp_path):
+    """Random crops of a 3.5 s clip, with per-clip statistics from windows of at most 2 s: each
+    piece is bounded, and its frames at the crop are the whole clip's (same STFT context, the
+    clip's reflected ends), not a fresh STFT of a waveform excerpt."""
+    _manifest(tmp_path, [56000, 8000])
+    task, model = _crop_task(tmp_path, clip_seconds=2.0)
+    train = task.dataset("train")
+    for epoch in (1, 2, 3):
+        train.set_epoch(epoch)
+        batch = train.collater([train[0], train[1]])
+        source, padding_mask, crop_start = (batch["net_input"][k] for k in ("source", "padding_mask", "crop_start"))
+        assert source.shape[1] <= 201 * 160 + 200 + 2 * 160  # a 2 s window and its context, not 3.5 s
+        with torch.no_grad():
+            pieces, _ = model.frontend.frames(source, padding_mask)
+            whole, _ = model.frontend.frames(_read(tmp_path, 0)[None])
+        start, _, first = train.piece(0, 56000)
+        assert first == crop_start[0] and start % 160 == 0
+        clip_first = first + start // 160
+        torch.testing.assert_close(pieces[0, first : first + 100], whole[0, clip_first : clip_first + 100])
+        # The 0.5 s clip is given whole, its crop from frame 0; 51 real frames, so 12 real time
+        # patches (of 4 frames) of 25 are scored, the rest reflected as chunk_padding says.
+        assert crop_start[1] == 0 and (~padding_mask[1]).sum() == 8000
+        valid = model.frontend(source, padding_mask, crop_start).patch_valid[1].view(25, 5)
+        assert valid[:12].all() and not valid[12:].any()
+    starts = set()
+    for epoch in range(1, 8):
+        train.set_epoch(epoch)
+        start, _, first = train.piece(0, 56000)
+        starts.add(first + start // 160)
+    assert len(starts) > 3  # random crops over the whole clip, not always the window's start
+
+
+def test_the_crop_task_needs_the_model_first_and_a_matching_crop(tmp_path):
+    from audio_ssl_ext.tasks.crop_pretraining import CropPretrainingConfig, CropPretrainingTask
+
+    _manifest(tmp_path, [16000])
+    task = CropPretrainingTask.setup_task(CropPretrainingConfig(data=str(tmp_path), crop_seconds=1.0, seed=3))
+    with pytest.raises(RuntimeError, match="build the model"):
+        task.load_dataset("train")
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ValueError, match=r"task.crop_seconds=1 is 100 frames.*input_frames=200: set task.crop_seconds=2"):
+        task.build_model(OmegaConf.create({"_name": "mw_mae", **TINY, "input_frames": 200}))
+
+
+def test_reflected_padding_is_numpys_even_past_a_whole_clip():
+    """Centring and chunk padding by reflection, per example at its own length: numpy.pad's
+    'reflect', also where the padding is longer than the clip (torch's reflect pad refuses)."""
+    frontend = LogMelPatches(input_frames=100, **OFFICIAL)
+    for samples, padded_frames in ((20800, 200), (4800, 100)):  # 131 + 69 reflected; 31 + 69: twice over
+        clip = tones(1, samples / SR)
+        with torch.no_grad():
+            chunks = frontend.chunks(clip)
+            spec, frames = frontend.spectrogram(clip)
+        assert frames.item() == 1 + samples // 160
+        expected = np.pad(spec[0].numpy(), ((0, padded_frames - frames.item()), (0, 0)), mode="reflect")
+        torch.testing.assert_close(chunks.patches, patchify(torch.from_numpy(expected).reshape(-1, 100, 80), 4, 16))
+    # A clip in a zero-padded batch: its own frames, reflected at its own end.
+    short, batch = tones(1, 0.3), torch.zeros(1, 16000)
+    batch[0, :4800] = short[0]
+    mask = torch.arange(16000)[None] >= 4800
+    with torch.no_grad():
+        alone, _ = frontend.frames(short)
+        padded, _ = frontend.frames(batch, mask)
+    torch.testing.assert_close(padded[:, :31], alone)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(normalization="dataset"), "needs model.norm_mean and model.norm_std.*scripts/norm_stats.py"),
+        (dict(normalization="dataset", norm_mean=0.0, norm_std=0.0), "std > 0"),
+        (dict(norm_mean=1.0), "model.normalization=per_clip does not use them"),
+        (dict(chunk_padding="edge"), "model.chunk_padding='edge': one of zero, reflect"),
+    ],
+)
+def test_normalization_config_errors_name_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        LogMelPatches(**{**OFFICIAL, **fields})
 
 
 # ---------------------------------------------------------------------------- model
@@ -193,6 +318,45 @@ def test_audio_mae_is_mw_mae_with_every_head_global():
     torch.testing.assert_close(mw(audio, None, ids)["losses"]["mse"], mae(audio, None, ids)["losses"]["mse"])
 
 
+def test_mae_cls_token_is_encoded_and_decoded_but_never_a_feature():
+    """The official MAE baseline (use_cls_token): a CLS token before the visible patches in the
+    encoder and before all patches in the decoder, both with a zero position row; hidden states
+    per time step (load_model, s3prl, HEAR) are the patch tokens only."""
+    model = tiny_audio_mae(use_cls_token=True).eval()
+    seen = []
+    model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    model.decoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    audio = tones(2, 1.0)
+    with torch.no_grad():
+        out = model(audio, None, torch.arange(2))
+        assert seen == [1 + 25, 1 + 125] and out["sample_size"] == 2 * 100
+        states = model.hidden_states(audio, torch.tensor([SR, SR]))
+        patches = model.frontend(audio).patches
+        everything = model.encoder(model.with_cls(model.patch_embed(patches)))  # (2, 1 + 125, 32)
+    assert [tuple(h.shape) for h in states] == [(2, 26, 5 * 32)]  # 101 frames: ceil(101 / 4) steps
+    torch.testing.assert_close(states[-1][:, :25], everything[:, 1:].reshape(2, 25, 5 * 32))  # chunk 1
+    # The CLS token changes what the patches attend to: a model without it gives other features.
+    plain = tiny_audio_mae().eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "cls_token"})
+    with torch.no_grad():
+        assert not torch.allclose(plain.hidden_states(audio, torch.tensor([SR, SR]))[-1], states[-1], atol=1e-3)
+    with pytest.raises(ValueError, match="use_cls_token=true with mw_mae"):
+        tiny_mw_mae(use_cls_token=True)
+
+
+def test_trainable_positions_start_as_sine_cosine_and_are_trained():
+    fixed, trained = tiny_audio_mae(use_cls_token=True), tiny_audio_mae(use_cls_token=True, trainable_pos_embed=True)
+    assert "patch_embed.pos_embed" not in fixed.state_dict() and "decoder_pos_embed" not in fixed.state_dict()
+    torch.testing.assert_close(trained.patch_embed.pos_embed.detach(), fixed.patch_embed.pos_embed)
+    torch.testing.assert_close(trained.decoder_pos_embed.detach(), fixed.decoder_pos_embed)
+    assert trained.decoder_pos_embed.shape == (1 + 125, 16) and not trained.decoder_pos_embed[0].any()
+    assert not trained.cls_pos_embed.any()
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+    _train(trained, optimizer, tones(2, 1.0), torch.arange(2), steps=1, first_update=0)
+    assert not torch.equal(trained.patch_embed.pos_embed.detach(), fixed.patch_embed.pos_embed)
+    assert not torch.equal(trained.decoder_pos_embed.detach(), fixed.decoder_pos_embed)
+
+
 def test_mw_mae_decoder_uses_the_window_rule_and_encoder_windows_are_optional():
     model = tiny_mw_mae(encoder_window_sizes=[5, 25])  # 25 visible of 125 patches: both divide
     assert model.decoder.blocks[0].attn.window_sizes == [5, 25, 0, 0]
@@ -245,9 +409,10 @@ def test_base_configs_have_the_papers_size():
 
 
 # ---------------------------------------------------------------------------- features
-def test_features_are_chunks_concatenated_in_time():
-    model = tiny_mw_mae().eval()
-    audio = tones(2, 2.5)  # 251 frames: chunks of 100, 100 and 51 (+49 zero frames)
+@pytest.mark.parametrize("normalization", ["per_clip", "per_crop"])
+def test_features_are_chunks_concatenated_in_time(normalization):
+    model = tiny_mw_mae(**{**OFFICIAL, "normalization": normalization}).eval()
+    audio = tones(2, 2.5)  # 251 frames: chunks of 100, 100 and 51 (+49 reflected frames)
     with torch.no_grad():
         features = model.extract_features(audio)
         x = features["x"]
@@ -255,13 +420,17 @@ def test_features_are_chunks_concatenated_in_time():
         assert len(features["layer_results"]) == 1 and features["layer_results"][0] is x
         assert model.frame_rate == 25.0
 
-        # By hand: the whole clip standardized once, then each 100-frame chunk on its own.
-        spec, _ = model.frontend.spectrogram(audio)
-        spec = torch.nn.functional.pad(spec, (0, 0, 0, 300 - 251))
+        # By hand: per_clip standardizes the whole clip once, per_crop each 100-frame chunk on
+        # its own; then each chunk through the encoder, the last reflected past the clip's end.
+        raw, _ = model.frontend.frames(audio)
+        raw = torch.from_numpy(np.pad(raw.numpy(), ((0, 0), (0, 300 - 251), (0, 0)), mode="reflect"))
         for c in range(3):
-            tokens = model.patch_embed(patchify(spec[:, 100 * c : 100 * (c + 1)], 4, 16))
-            chunk = model.encoder(tokens).reshape(2, 25, 5 * 32)  # 'b (t f) d -> b t (f d)'
-            torch.testing.assert_close(x[:, 25 * c : 25 * (c + 1)], chunk[:, : 63 - 25 * c])
+            chunk = raw[:, 100 * c : 100 * (c + 1)]
+            stats = raw[:, :251] if normalization == "per_clip" else chunk[:, : min(100, 251 - 100 * c)]
+            mean, std = stats.mean(dim=(1, 2), keepdim=True), stats.std(dim=(1, 2), unbiased=False, keepdim=True)
+            tokens = model.patch_embed(patchify((chunk - mean) / std, 4, 16))
+            encoded = model.encoder(tokens).reshape(2, 25, 5 * 32)  # 'b (t f) d -> b t (f d)'
+            torch.testing.assert_close(x[:, 25 * c : 25 * (c + 1)], encoded[:, : 63 - 25 * c], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(features["clip"], x.mean(dim=1))
     assert not features["padding_mask"].any()
 
