@@ -7,9 +7,10 @@ process killed during the copy (preemption, OOM killer, Ctrl-C twice) leaves a t
 ``NAME.tmp`` onto the name, but without fsync, so after a crash of the machine the renamed file can
 be empty.
 
-Here every local checkpoint write goes to a unique temporary file in the destination's folder,
-is flushed and fsynced, replaces the final name with ``os.replace`` (atomic on POSIX within one
-file system), and the folder is fsynced so the rename itself survives a crash. A kill at any
+Here every local checkpoint write goes through ``audio_ssl_ext.durable.atomic_write``: a unique
+temporary file in the destination's folder, flushed and fsynced, replaces the final name with
+``os.replace`` (atomic on POSIX within one file system), and the folder is fsynced so the rename
+itself survives a crash. A kill at any
 moment leaves the final name holding either the previous complete file or the new complete one;
 what it loses is the updates since the last completed checkpoint (fairseq redoes them on resume).
 A killed write can leave a ``.NAME.*.tmp`` file behind; the next run's first checkpoint write
@@ -24,8 +25,9 @@ import glob
 import logging
 import os
 import shutil
-import tempfile
 import time
+
+from audio_ssl_ext import durable
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +39,6 @@ def _is_local(path) -> bool:
     from fairseq.file_io import PathManager
 
     return isinstance(path, (str, os.PathLike)) and not PathManager.path_requires_pathmanager(str(path))
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a platform or file system that cannot open folders: the rename still happened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 _CLEANED_FOLDERS = set()
@@ -71,26 +60,10 @@ def _remove_stale_temporaries(path: str) -> None:
 
 
 def atomic_write(path, write) -> None:
-    """Call ``write(f)`` on a fresh temporary file next to ``path`` opened "wb", then make it
-    ``path`` atomically (flush, fsync, os.replace, fsync the folder). If anything raises, ``path``
-    is untouched and the temporary file removed."""
-    path = os.path.abspath(os.fspath(path))
-    folder, name = os.path.split(path)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    """``durable.atomic_write`` (unique temporary file, fsync, os.replace, fsync of the folder)
+    after removing what killed writes left behind."""
+    _remove_stale_temporaries(os.fspath(path))
+    durable.atomic_write(path, write)
 
 
 def torch_persistent_save(obj, filename, async_write: bool = False):
