@@ -7,7 +7,9 @@
 One line of ids per manifest line, in manifest order, and always the dictionary with every cluster
 id (a missing one makes fairseq map labels to <unk>). Frames per utterance are checked against
 the manifest at --label-rate, the task.label_rate training will use (default: the rate the
-features were dumped at). Accepts fairseq's joblib k-means files too.
+features were dumped at). The shards must be dumped from this manifest (its content: another order
+is refused) and from the source the k-means was learned on. fairseq's joblib k-means files are
+refused (a pickle runs its maker's code); the message says how to convert one.
 """
 
 import argparse
@@ -19,13 +21,14 @@ from audio_ssl_ext.clustering.pseudo_labels import apply_kmeans
 from audio_ssl_ext.clustering.shards import ShardError
 from audio_ssl_ext.data.labels import LabelError
 from audio_ssl_ext.data.manifest import ManifestError
+from audio_ssl_ext.durable import DurableError
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("feat_dir")
     parser.add_argument("split")
-    parser.add_argument("kmeans", help="centroids from learn_kmeans.py (or a fairseq joblib k-means)")
+    parser.add_argument("kmeans", help="centroids .npy from learn_kmeans.py")
     parser.add_argument("label_dir")
     parser.add_argument("--manifest-dir", required=True, help="directory with the {split}.tsv the features came from")
     parser.add_argument("--name", default="km", help="label set name: task.labels entry (default km)")
@@ -41,7 +44,7 @@ def main(argv=None) -> int:
             args.feat_dir, args.split, args.nshard, args.kmeans, args.label_dir, args.name,
             f"{args.manifest_dir}/{args.split}.tsv", label_rate=args.label_rate, sample_rate=args.sample_rate,
         )
-    except (ShardError, KMeansError, LabelError, ManifestError) as err:
+    except (ShardError, KMeansError, LabelError, ManifestError, DurableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -13,7 +13,6 @@ E_cluster[max_ref p(ref | cluster)] (HuBERT's phone purity); cluster purity = E_
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,8 +23,9 @@ from audio_ssl_ext.clustering.quality import (
     read_label_lines,
     references_in_manifest_order,
 )
-from audio_ssl_ext.data.labels import LabelError
+from audio_ssl_ext.data.labels import LabelError, check_dictionary_file
 from audio_ssl_ext.data.manifest import ManifestError, read_manifest
+from audio_ssl_ext.durable import DurableError, atomic_write_json
 from audio_ssl_ext.tools.demo_corpus import DemoCorpusError, reference_labels
 
 
@@ -35,6 +35,7 @@ def n_clusters_of(labels_path: str) -> int:
     dict_path = os.path.join(directory, f"dict.{name}.txt")
     if not os.path.isfile(dict_path):
         raise LabelError(f"{dict_path}: dictionary of {labels_path} not found")
+    check_dictionary_file(dict_path)
     with open(dict_path) as f:
         return sum(1 for line in f if line.strip())
 
@@ -77,9 +78,11 @@ def main(argv=None) -> int:
         counts = histogram(labels, n_clusters)
         print(" ".join(f"{i}:{c}" for i, c in enumerate(counts.tolist())))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.as_dict(), f, indent=2)
-            f.write("\n")
+        try:
+            atomic_write_json(args.json, report.as_dict())
+        except DurableError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     return 0
 
 

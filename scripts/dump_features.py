@@ -19,6 +19,7 @@ from audio_ssl_ext.clustering.dump import CheckpointFeatures, FrontendFeatures, 
 from audio_ssl_ext.clustering.shards import ShardError
 from audio_ssl_ext.data.audio import AudioInputError
 from audio_ssl_ext.data.manifest import ManifestError
+from audio_ssl_ext.durable import DurableError
 from audio_ssl_ext.features import FRONTEND_NAMES
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
             )
         manifest = f"{args.manifest_dir}/{args.split}.tsv"
         dump_features(manifest, args.split, src, args.feat_dir, args.rank, args.nshard)
-    except (ShardError, AudioInputError, ManifestError, ValueError, FileNotFoundError) as err:
+    except (ShardError, AudioInputError, ManifestError, DurableError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

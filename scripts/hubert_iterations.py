@@ -7,8 +7,10 @@
 
 Iteration 1: MFCC (100 Hz) -> k-means (k=100) -> labels -> fairseq-hydra-train.
 Iteration i > 1: layer L of iteration i-1's checkpoint (default: half its depth) -> k-means
-(k=500) -> labels -> train. Every stage is skipped when its outputs exist, so a killed run resumes
-where it stopped; see audio_ssl_ext/clustering/iterations.py for the layout under WORK_DIR.
+(k=500) -> labels -> train. A stage whose outputs exist is reused when it was made from the same
+inputs (content hashes and settings, WORK_DIR/iter<i>/params.json), so a killed run resumes where
+it stopped; a rerun with other inputs stops, naming what changed and what to delete. See
+audio_ssl_ext/clustering/iterations.py for the layout under WORK_DIR.
 The terminal shows the stages and progress bars; each iteration's whole training output goes to
 WORK_DIR/iter<i>/train.log. --dry-run checks the inputs and prints the training config that
 fairseq-hydra-train composes for iteration 1, without running anything.
@@ -24,6 +26,8 @@ from audio_ssl_ext.clustering.kmeans import KMeansError
 from audio_ssl_ext.clustering.shards import ShardError
 from audio_ssl_ext.data.audio import AudioInputError
 from audio_ssl_ext.data.labels import LabelError
+from audio_ssl_ext.data.manifest import ManifestError
+from audio_ssl_ext.durable import DurableError
 from audio_ssl_ext.features import FRONTEND_NAMES
 from audio_ssl_ext.tools.demo_corpus import DemoCorpusError, reference_labels
 
@@ -79,7 +83,9 @@ def main(argv=None) -> int:
             return 0
         reference = reference_labels(args.demo_corpus, args.reference_name) if args.demo_corpus else None
         checkpoints = run_iterations(cfg, reference)
-    except (IterationsError, ShardError, KMeansError, LabelError, AudioInputError, DemoCorpusError) as err:
+    except (
+        IterationsError, ShardError, KMeansError, LabelError, AudioInputError, ManifestError, DemoCorpusError, DurableError
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     for i, path in enumerate(checkpoints, start=1):

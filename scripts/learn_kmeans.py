@@ -5,17 +5,19 @@
         [--percent 0.1 | --max-frames 1000000] [--niter 20] [--n-init 3] [--nredo 1] [--seed 0]
 
 Reads a sample of the shards through memory maps (RAM bounded by the sample); writes the
-centroids as a (K, D) float32 .npy and OUT.json with how they were made. Uses faiss's GPU when
-faiss-gpu sees one.
+centroids as a (K, D) float32 .npy and OUT.json with how they were made (the features' source
+included, which apply_kmeans.py checks). The shards of all ranks must come from one manifest and
+one source. Uses faiss's GPU when faiss-gpu sees one.
 """
 
 import argparse
 import logging
 import sys
 
-from audio_ssl_ext.clustering.dump import read_shard_info
+from audio_ssl_ext.clustering.dump import check_shards
 from audio_ssl_ext.clustering.kmeans import KMeansError, learn_kmeans
 from audio_ssl_ext.clustering.shards import ShardError, read_shards, sample_rows
+from audio_ssl_ext.durable import DurableError
 
 
 def main(argv=None) -> int:
@@ -38,17 +40,19 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     log = logging.getLogger("learn_kmeans")
     try:
+        if not (0 < args.percent <= 1 or args.percent == -1):  # before reading any shard
+            raise KMeansError(f"--percent {args.percent:g}: the share of utterances must be in (0, 1], or -1 for all")
         shards = read_shards(args.feat_dir, args.split, args.nshard)
+        info = check_shards(args.feat_dir, args.split, args.nshard)  # one manifest, one source
         sample = sample_rows(shards, args.percent, args.max_frames, args.seed)
         log.info(f"learning k={args.n_clusters} on {sample.shape[0]} frames x {sample.shape[1]} dims")
         model = learn_kmeans(
             sample, args.n_clusters, niter=args.niter, n_init=args.n_init, nredo=args.nredo,
             seed=args.seed, where=f"{args.feat_dir} ({args.split})",
         )
-        info = read_shard_info(args.feat_dir, args.split, 0, args.nshard)
         model.info.source = info["source"] if info else {"feat_dir": args.feat_dir}
         json_path = model.save(args.out)
-    except (ShardError, KMeansError) as err:
+    except (ShardError, KMeansError, DurableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     log.info(

@@ -21,6 +21,7 @@ from audio_ssl_ext.data.make_manifest import (
     build_manifests,
     parse_extensions,
 )
+from audio_ssl_ext.durable import DurableError
 
 
 def non_negative_seconds(text: str) -> float:
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
         print(err.report.text(), end="")
         print(f"make_manifest: error: {err}", file=sys.stderr)
         return 1
-    except ManifestError as err:
+    except (ManifestError, DurableError) as err:
         print(f"make_manifest: error: {err}", file=sys.stderr)
         return 1
     print(report.text(), end="")

@@ -15,10 +15,12 @@ from tests.utils import REPO_ROOT
 
 
 def outputs(work_dir):
-    """mtime of every file under work_dir, to tell what a rerun wrote."""
+    """mtime of every file under work_dir (lock files aside), to tell what a rerun wrote."""
     found = {}
     for directory, _, files in os.walk(work_dir):
         for name in files:
+            if name.endswith(".lock"):
+                continue
             path = os.path.join(directory, name)
             found[os.path.relpath(path, work_dir)] = os.stat(path).st_mtime_ns
     return found
@@ -83,10 +85,13 @@ def test_two_iterations_end_to_end_and_resume(demo_corpus, demo_manifest_dir, tm
     assert json.load(open(os.path.join(work, "iter1", "quality.json")))["reference"] == "event"
     assert rescored["iter1/labels/train.km"] == again["iter1/labels/train.km"]
 
-    # Asking for other settings in the same work dir is refused, not silently mixed.
+    # Asking for other settings in the same work dir is refused, not silently mixed; the message
+    # names the stage, the change and what to delete (tests/faults/test_clustering_faults.py has more).
     cfg.clusters = [20, 40]
-    with pytest.raises(IterationsError, match=r"iter2/params\.json: this iteration was run with other settings \(n_clusters"):
+    with pytest.raises(IterationsError, match=r"iteration 2 k-means was made from other inputs \(n_clusters: 30 -> 40\); "
+                       r"delete \S+/iter2/kmeans\.npy \S+/iter2/kmeans\.json \S+/iter2/labels"):
         run_iterations(cfg, reference)
+    assert json.load(open(os.path.join(work, "iterations.json")))["clusters"] == [20, 30]  # what was used
 
 
 FAKE_TRAINING = r"""

@@ -279,10 +279,10 @@ def test_cli_exit_status_without_usable_files(tmp_path, capsys):
 
 def test_write_manifest_round_trip_and_bad_names(tmp_path):
     path = str(tmp_path / "x.tsv")
-    write_manifest(path, "/data/root", ["a/b.wav", "c.flac"], [10, 20])
+    write_manifest(path, str(tmp_path), ["a/b.wav", "c.flac"], [10, 20])
     manifest = read_manifest(path)
     assert (manifest.root, manifest.files, manifest.sizes, manifest.line_numbers) == (
-        "/data/root", ["a/b.wav", "c.flac"], [10, 20], [2, 3]
+        str(tmp_path), ["a/b.wav", "c.flac"], [10, 20], [2, 3]
     )
     with pytest.raises(ManifestError, match="tab"):
         write_manifest(path, "/r", ["a\tb.wav"], [1])

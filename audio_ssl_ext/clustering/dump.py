@@ -11,9 +11,12 @@ Two kinds of source, one interface (``sample_rate``, ``frame_rate``, ``dim``, ``
   ``audio_ssl_ext.downstream.load.load_model``, which also chunks long inputs (conv frames exact,
   attention context bounded by the chunk).
 
-Next to each shard a ``{split}_{rank}_{nshard}.json`` records the source, the sample and frame
-rates and the manifest lines it covers; ``apply_kmeans`` reads the frame rate from it to check the
-labels against the training config's ``label_rate``.
+Next to each shard a ``{split}_{rank}_{nshard}.json`` records the source (for a checkpoint: its
+path, sha256 and layer), the sample and frame rates, the manifest's path and sha256 and the lines
+it covers. Every reader checks it (``check_shards``): shards of one split from different
+manifests or sources do not mix, shards dumped from a manifest with other content (another
+order) are refused, and ``apply_kmeans`` reads the frame rate from it to check the labels against
+the training config's ``label_rate``.
 """
 
 import json
@@ -26,9 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from audio_ssl_ext.clustering.provenance import describe_changes, sha256_file
 from audio_ssl_ext.clustering.shards import ShardError, ShardWriter, shard_paths, shard_range
 from audio_ssl_ext.data.audio import AudioInputError, read_audio
 from audio_ssl_ext.data.manifest import read_manifest
+from audio_ssl_ext.durable import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +117,7 @@ class CheckpointFeatures:
         from audio_ssl_ext.downstream.load import load_model
 
         self.checkpoint = checkpoint
+        self.checkpoint_sha256 = sha256_file(checkpoint)  # the path alone does not say which training made it
         self.model = load_model(checkpoint, device=device, chunk_seconds=chunk_seconds, task_overrides=task_overrides)
         if not 0 <= layer < self.model.num_layers:
             raise ValueError(
@@ -130,6 +136,7 @@ class CheckpointFeatures:
         return {
             "kind": "checkpoint",
             "checkpoint": os.path.abspath(self.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
             "model": self.model.name,
             "layer": self.layer,
             "sample_rate": self.sample_rate,
@@ -152,15 +159,72 @@ def read_shard_info(feat_dir: str, split: str, rank: int, nshard: int) -> Option
     path = shard_info_path(feat_dir, split, rank, nshard)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path}: not readable JSON ({err}); redump the features of {split}") from err
+    if not isinstance(info, dict) or not IDENTITY_KEYS <= set(info):
+        missing = sorted(IDENTITY_KEYS - set(info)) if isinstance(info, dict) else sorted(IDENTITY_KEYS)
+        raise ShardError(
+            f"{path}: records no {', '.join(missing)} (written by an older version?), so the shard's "
+            f"manifest and source cannot be checked; redump the features of {split}"
+        )
+    return info
+
+
+# What a shard's identity is: which manifest (its content) and which feature source.
+IDENTITY_KEYS = {"source", "manifest_sha256", "sample_rate", "frame_rate"}
+
+
+def check_shards(
+    feat_dir: str,
+    split: str,
+    nshard: int,
+    manifest_path: Optional[str] = None,
+    source: Optional[dict] = None,
+    purpose: str = "",
+) -> Optional[dict]:
+    """Check the shards' records against each other, and against ``manifest_path`` (its content
+    hash) and ``source`` (what the caller means to use, e.g. the k-means' source) when given.
+    Returns rank 0's record; None (with a warning) for shards made elsewhere, which record nothing."""
+    infos = [read_shard_info(feat_dir, split, rank, nshard) for rank in range(nshard)]
+    if all(info is None for info in infos):
+        logger.warning(
+            f"{feat_dir}: the shards of {split} have no .json (not dumped by dump_features.py): "
+            f"their manifest and feature source cannot be checked"
+        )
+        return None
+    first = infos[0]
+    for rank, info in enumerate(infos):
+        where = shard_info_path(feat_dir, split, rank, nshard)
+        if info is None:
+            raise ShardError(f"{where}: missing while other shards of {split} have theirs; redump shard {rank}")
+        for key, name in (("manifest_sha256", "manifest"), ("source", "feature source")):
+            if info[key] != first[key]:
+                raise ShardError(
+                    f"{where}: shard {rank} of {split} was dumped from another {name} than shard 0 "
+                    f"({describe_changes({key: first[key]}, {key: info[key]})}); shards of different "
+                    f"runs do not mix: redump them all"
+                )
+    if manifest_path is not None:
+        now = sha256_file(manifest_path)
+        if now != first["manifest_sha256"]:
+            raise ShardError(
+                f"{feat_dir}: the features of {split} were dumped from {first.get('manifest')} with other "
+                f"content (sha256 {first['manifest_sha256'][:12]}) than {manifest_path} now "
+                f"(sha256 {now[:12]}): another order or other files? Redump the features from this manifest"
+            )
+    if source is not None and source != first["source"]:
+        raise ShardError(
+            f"{feat_dir}: the features of {split} come from another source than {purpose or 'expected'} "
+            f"({describe_changes(source, first['source'])}); use features of the same source"
+        )
+    return first
 
 
 def write_shard_info(path: str, info: dict) -> None:
-    with open(path + ".partial", "w") as f:
-        json.dump(info, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".partial", path)
+    atomic_write_json(path, info)
 
 
 def dump_features(
@@ -178,6 +242,9 @@ def dump_features(
     samples the manifest says; features must be finite. Each failure names the manifest line.
     """
     manifest = read_manifest(manifest_path)
+    if len(manifest) == 0:
+        raise ShardError(f"{manifest_path}: the manifest lists no audio file (only its root line): nothing to dump")
+    manifest_sha256 = sha256_file(manifest_path)
     start, end = shard_range(len(manifest), rank, nshard)
     npy_path, len_path = shard_paths(feat_dir, split, rank, nshard)
     frames_total = 0
@@ -209,6 +276,7 @@ def dump_features(
                 "sample_rate": source.sample_rate,
                 "frame_rate": source.frame_rate,
                 "manifest": os.path.abspath(manifest.path),
+                "manifest_sha256": manifest_sha256,
                 "manifest_entries": [start, end],
                 "frames": frames_total,
             },

@@ -15,22 +15,38 @@ under ``work_dir/iter{i}/``::
 The terminal shows the stages, progress bars and where the outputs went; the training output
 (fairseq's config dump, hydra's warnings, every logged update) goes to ``train.log`` only.
 
-Every stage is skipped when its outputs exist (each is written under a temporary name and renamed
-when complete; training is done when ``train.done`` exists, and fairseq resumes an interrupted
-run from ``checkpoint_last.pt``), so a killed run resumes where it stopped. ``params.json`` makes
-a rerun with other settings fail loudly instead of reusing outputs made with the old ones.
+Each stage records what it is made from in ``params.json`` before it runs: for the features,
+the sha256 of both manifests and the source (frontend settings, or the sha256 of the previous
+checkpoint and the layer); for k-means, the features' record and k, --percent, --max-frames,
+--seed, --niter, --n-init, --nredo; for the labels, the records of both; for training, the
+labels' record, --config-name, the config file's sha256 and the --train-override list. On a rerun
+a stage whose outputs exist is reused when its record is identical and its outputs pass their
+checks (shards readable and of this manifest, centroids of the right shape, one label line per
+manifest entry); otherwise the run stops naming the stage, what changed (old -> new) and what to
+delete to make it again. Outputs are published atomically (``audio_ssl_ext.durable``); training is
+done when ``train.done`` exists, and fairseq resumes an interrupted run from ``checkpoint_last.pt``,
+so a killed run resumes where it stopped. The work dir is locked while a run uses it, and
+``iterations.json`` is written when a run has finished, with the settings it ran with.
 """
 
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from audio_ssl_ext.clustering.dump import CheckpointFeatures, FrontendFeatures, dump_features, read_shard_info
-from audio_ssl_ext.clustering.kmeans import learn_kmeans
+from audio_ssl_ext.clustering.dump import (
+    CheckpointFeatures,
+    FrontendFeatures,
+    check_shards,
+    dump_features,
+    read_shard_info,
+)
+from audio_ssl_ext.clustering.kmeans import KMeansError, KMeansModel, learn_kmeans
+from audio_ssl_ext.clustering.provenance import describe_changes, digest, existing, sha256_file
 from audio_ssl_ext.clustering.pseudo_labels import apply_kmeans
 from audio_ssl_ext.clustering.quality import (
     ReferenceLabels,
@@ -39,8 +55,10 @@ from audio_ssl_ext.clustering.quality import (
     read_label_lines,
     references_in_manifest_order,
 )
-from audio_ssl_ext.clustering.shards import read_shards, sample_rows, shard_exists
-from audio_ssl_ext.data.manifest import read_manifest
+from audio_ssl_ext.clustering.shards import ShardError, read_shards, sample_rows, shard_exists
+from audio_ssl_ext.data.labels import LabelError, load_label_set
+from audio_ssl_ext.data.manifest import ManifestError, read_manifest
+from audio_ssl_ext.durable import OutputLock, atomic_write_json, atomic_write_text
 from audio_ssl_ext.logged_run import log_tail, run_logged
 
 logger = logging.getLogger(__name__)
@@ -88,24 +106,81 @@ def last_checkpoint(cfg: IterationsConfig, iteration: int) -> str:
     return os.path.join(iteration_dir(cfg, iteration), "checkpoints", "checkpoint_last.pt")
 
 
-def check_params(directory: str, params: dict) -> None:
-    """Record what the iteration is asked for; refuse a rerun that asks for something else."""
-    path = os.path.join(directory, "params.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if previous != params:
-            changed = sorted(k for k in set(previous) | set(params) if previous.get(k) != params.get(k))
+STAGE_NAMES = {"features": "features", "kmeans": "k-means", "labels": "labels", "train": "training"}
+
+
+def stage_outputs(directory: str, stage: str) -> List[str]:
+    """What a stage writes (deleted to make it again)."""
+    return [os.path.join(directory, name) for name in {
+        "features": ["features"],
+        "kmeans": ["kmeans.npy", "kmeans.json"],
+        "labels": ["labels", "quality.json"],
+        "train": ["checkpoints", "train.done", "train.log", "tb"],
+    }[stage]]
+
+
+def redo_hint(cfg: "IterationsConfig", iteration: int, stage: str) -> str:
+    """Which paths to delete so that ``stage`` of ``iteration`` and what was made from it run again."""
+    stages = list(STAGE_NAMES)
+    directory = iteration_dir(cfg, iteration)
+    paths = [p for later in stages[stages.index(stage):] for p in stage_outputs(directory, later)]
+    paths += [iteration_dir(cfg, j) for j in range(iteration + 1, cfg.iterations + 1)]
+    paths = existing(paths)
+    return f"delete {' '.join(paths)} to make it again" if paths else "rerun to make it"
+
+
+class Provenance:
+    """``params.json`` of one iteration: per stage, what its outputs were made from."""
+
+    def __init__(self, cfg: "IterationsConfig", iteration: int):
+        self.cfg, self.iteration = cfg, iteration
+        self.directory = iteration_dir(cfg, iteration)
+        self.path = os.path.join(self.directory, "params.json")
+        self.records = {}
+        if os.path.isfile(self.path):
+            try:
+                with open(self.path) as f:
+                    self.records = json.load(f)
+            except ValueError as err:
+                raise IterationsError(f"{self.path}: not readable JSON ({err}); delete {self.directory} to redo the iteration") from err
+            if not isinstance(self.records, dict) or not set(self.records) <= set(STAGE_NAMES):
+                raise IterationsError(
+                    f"{self.path}: not a record of this version's stages (made by an older version?); "
+                    f"delete {self.directory} to redo the iteration, or use another work dir"
+                )
+
+    def stage(self, stage: str, record: dict, outputs_exist: bool) -> bool:
+        """True when the stage's outputs exist and were made from ``record`` (reuse them); False
+        when it has to run (its record is written first). Refuses outputs made from anything else."""
+        name = f"iteration {self.iteration} {STAGE_NAMES[stage]}"
+        if outputs_exist:
+            old = self.records.get(stage)
+            if old is None:
+                raise IterationsError(
+                    f"{name}: outputs exist in {self.directory} but {self.path} does not say what they were "
+                    f"made from; {redo_hint(self.cfg, self.iteration, stage)}"
+                )
+            if old != record:
+                raise IterationsError(
+                    f"{name} was made from other inputs ({describe_changes(old, record)}); "
+                    f"{redo_hint(self.cfg, self.iteration, stage)}, or use another work dir"
+                )
+            return True
+        if self.records.get(stage) != record:
+            self.records[stage] = record
+            os.makedirs(self.directory, exist_ok=True)
+            atomic_write_json(self.path, self.records)
+        return False
+
+    def check_output(self, stage: str, check) -> None:
+        """Run ``check()`` on reused outputs; a failure names the stage and what to delete."""
+        try:
+            check()
+        except (ShardError, KMeansError, LabelError, ManifestError, IterationsError) as err:
             raise IterationsError(
-                f"{path}: this iteration was run with other settings ({', '.join(changed)}: "
-                f"{[previous.get(k) for k in changed]} then, {[params.get(k) for k in changed]} now); "
-                f"remove {directory} to redo it, or use another work dir"
-            )
-        return
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(params, f, indent=2)
-        f.write("\n")
+                f"iteration {self.iteration} {STAGE_NAMES[stage]}: the existing output fails its check ({err}); "
+                f"{redo_hint(self.cfg, self.iteration, stage)}"
+            ) from err
 
 
 def feature_source(cfg: IterationsConfig, iteration: int):
@@ -126,61 +201,107 @@ def layer_of(cfg: IterationsConfig, checkpoint: str) -> int:
     return max(1, layers // 2)
 
 
-def source_params(cfg: IterationsConfig, iteration: int) -> dict:
+def source_record(cfg: IterationsConfig, iteration: int) -> dict:
     if iteration == 1:
-        return {"feature": cfg.first_feature, "frame_rate": cfg.first_frame_rate, "sample_rate": cfg.sample_rate}
-    return {"checkpoint": last_checkpoint(cfg, iteration - 1), "layer": cfg.layer}
+        return {"kind": "frontend", "name": cfg.first_feature, "frame_rate": cfg.first_frame_rate, "sample_rate": cfg.sample_rate}
+    checkpoint = last_checkpoint(cfg, iteration - 1)
+    return {"kind": "checkpoint", "checkpoint_sha256": sha256_file(checkpoint), "layer": layer_of(cfg, checkpoint)}
+
+
+def manifest_path(cfg: IterationsConfig, split: str) -> str:
+    return os.path.join(cfg.manifest_dir, f"{split}.tsv")
 
 
 def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[ReferenceLabels] = None) -> str:
-    """All stages of one iteration, each skipped when done; returns the last checkpoint."""
+    """All stages of one iteration, each reused when made from the same inputs; returns the last checkpoint."""
     directory = iteration_dir(cfg, iteration)
     n_clusters = cfg.clusters_of(iteration)
-    check_params(directory, {"source": source_params(cfg, iteration), "n_clusters": n_clusters})
+    provenance = Provenance(cfg, iteration)
     feat_dir = os.path.join(directory, "features")
     label_dir = os.path.join(directory, "labels")
     km_path = os.path.join(directory, "kmeans.npy")
+    manifests = {split: manifest_path(cfg, split) for split in SPLITS}
 
-    if all(shard_exists(feat_dir, split, 0, 1) for split in SPLITS):
-        logger.info(f"iteration {iteration}: features in {feat_dir} exist, skipped")
-    else:
+    features = {"manifests_sha256": {s: sha256_file(m) for s, m in manifests.items()}, "source": source_record(cfg, iteration)}
+    dumped = [split for split in SPLITS if shard_exists(feat_dir, split, 0, 1)]
+    if provenance.stage("features", features, bool(dumped)):
+        provenance.check_output("features", lambda: [
+            (read_shards(feat_dir, split, 1), check_shards(feat_dir, split, 1, manifests[split])) for split in dumped
+        ])
+        logger.info(f"iteration {iteration}: features of {', '.join(dumped)} in {feat_dir} reused")
+    if len(dumped) < len(SPLITS):
         source = feature_source(cfg, iteration)
         for split in SPLITS:
-            if not shard_exists(feat_dir, split, 0, 1):
-                manifest = os.path.join(cfg.manifest_dir, f"{split}.tsv")
-                dump_features(manifest, split, source, feat_dir, progress=cfg.progress)
-    label_rate = float(read_shard_info(feat_dir, "train", 0, 1)["frame_rate"])
+            if split not in dumped:
+                dump_features(manifests[split], split, source, feat_dir, progress=cfg.progress)
+    shard_info = read_shard_info(feat_dir, "train", 0, 1)
+    label_rate, sample_rate = float(shard_info["frame_rate"]), int(shard_info["sample_rate"])
 
-    if os.path.isfile(km_path):
-        logger.info(f"iteration {iteration}: k-means {km_path} exists, skipped")
+    kmeans = {
+        "features": digest(features), "n_clusters": n_clusters, "percent": cfg.percent, "max_frames": cfg.max_frames,
+        "seed": cfg.seed, "niter": cfg.niter, "n_init": cfg.n_init, "nredo": cfg.nredo,
+    }
+    if provenance.stage("kmeans", kmeans, os.path.isfile(km_path)):
+        provenance.check_output("kmeans", lambda: check_kmeans(km_path, n_clusters, shard_info["dim"]))
+        logger.info(f"iteration {iteration}: k-means {km_path} reused")
     else:
         sample = sample_rows(read_shards(feat_dir, "train", 1), cfg.percent, cfg.max_frames, cfg.seed)
         model = learn_kmeans(
             sample, n_clusters, niter=cfg.niter, n_init=cfg.n_init, nredo=cfg.nredo, seed=cfg.seed, where=feat_dir
         )
-        model.info.source = read_shard_info(feat_dir, "train", 0, 1)["source"]
+        model.info.source = shard_info["source"]
         model.save(km_path)
         logger.info(f"iteration {iteration}: wrote {km_path} (k={n_clusters}, {len(sample)} frames)")
 
+    labels = {"features": digest(features), "kmeans": digest(kmeans)}
+    labelled = [split for split in SPLITS if os.path.isfile(os.path.join(label_dir, f"{split}.{LABEL_NAME}"))]
+    if provenance.stage("labels", labels, bool(labelled)):
+        provenance.check_output("labels", lambda: [
+            load_label_set(label_dir, split, LABEL_NAME, read_manifest(manifests[split]), sample_rate, label_rate)
+            for split in labelled
+        ])
+        logger.info(f"iteration {iteration}: labels {', '.join(labelled)} in {label_dir} reused")
     for split in SPLITS:
-        if os.path.isfile(os.path.join(label_dir, f"{split}.{LABEL_NAME}")):
-            logger.info(f"iteration {iteration}: labels {split}.{LABEL_NAME} exist, skipped")
-            continue
-        apply_kmeans(
-            feat_dir, split, 1, km_path, label_dir, LABEL_NAME,
-            os.path.join(cfg.manifest_dir, f"{split}.tsv"), progress=cfg.progress,
-        )
+        if split not in labelled:
+            apply_kmeans(feat_dir, split, 1, km_path, label_dir, LABEL_NAME, manifests[split], progress=cfg.progress)
 
     if reference is not None and not quality_is_current(directory, reference):
         write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference)
 
+    training = {
+        "labels": digest(labels), "config_name": cfg.config_name,
+        "config_sha256": sha256_file(config_path(cfg)), "train_overrides": list(cfg.train_overrides),
+    }
     done = os.path.join(directory, "train.done")
-    if os.path.isfile(done):
-        logger.info(f"iteration {iteration}: training done ({done}), skipped")
+    started = os.path.isfile(done) or os.path.isdir(os.path.join(directory, "checkpoints"))
+    if provenance.stage("train", training, started) and os.path.isfile(done):
+        provenance.check_output("train", lambda: check_checkpoint(last_checkpoint(cfg, iteration)))
+        logger.info(f"iteration {iteration}: training done ({done}), reused")
     else:
         train(cfg, directory, label_dir, label_rate)
-        open(done, "w").close()
+        atomic_write_text(done, "")
     return last_checkpoint(cfg, iteration)
+
+
+def check_kmeans(km_path: str, n_clusters: int, dim: int) -> None:
+    model = KMeansModel.load(km_path)
+    if (model.n_clusters, model.dim) != (n_clusters, dim):
+        raise KMeansError(f"{km_path}: {model.n_clusters} x {model.dim} centroids, expected {n_clusters} x {dim}")
+
+
+def check_checkpoint(path: str) -> None:
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise IterationsError(f"{path}: missing or empty")
+
+
+def path_overrides(cfg: IterationsConfig, directory: str, label_dir: str) -> dict:
+    return {
+        "common.user_dir": PACKAGE_DIR,
+        "task.data": os.path.abspath(cfg.manifest_dir),
+        "task.label_dir": os.path.abspath(label_dir),
+        "checkpoint.save_dir": os.path.abspath(os.path.join(directory, "checkpoints")),
+        "common.tensorboard_logdir": os.path.abspath(os.path.join(directory, "tb")),
+    }
 
 
 def train_command(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float) -> List[str]:
@@ -189,13 +310,9 @@ def train_command(cfg: IterationsConfig, directory: str, label_dir: str, label_r
     return command + [
         "--config-dir", os.path.abspath(cfg.config_dir),
         "--config-name", cfg.config_name,
-        f"common.user_dir={PACKAGE_DIR}",
-        f"task.data={os.path.abspath(cfg.manifest_dir)}",
-        f"task.label_dir={os.path.abspath(label_dir)}",
+        *(hydra_string(key, path) for key, path in path_overrides(cfg, directory, label_dir).items()),
         f"task.labels=[{LABEL_NAME}]",
         f"task.label_rate={label_rate:g}",
-        f"checkpoint.save_dir={os.path.abspath(os.path.join(directory, 'checkpoints'))}",
-        f"common.tensorboard_logdir={os.path.abspath(os.path.join(directory, 'tb'))}",
         *cfg.train_overrides,
     ]
 
@@ -231,24 +348,82 @@ def write_quality(
     aligned = align_references(labels, label_rate, references, reference.rate, names)
     report = cluster_quality(labels, n_clusters, aligned)
     path = os.path.join(directory, "quality.json")
-    with open(path + ".partial", "w") as f:
-        json.dump({"reference": reference.name, "reference_source": reference.where, **report.as_dict()}, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".partial", path)
+    atomic_write_json(path, {"reference": reference.name, "reference_source": reference.where, **report.as_dict()})
     logger.info(f"{os.path.basename(directory)}: train labels vs {reference.name}: {report.format()} ({path})")
 
 
+def config_path(cfg: IterationsConfig) -> str:
+    return os.path.join(cfg.config_dir, f"{cfg.config_name}.yaml")
+
+
 def check_inputs(cfg: IterationsConfig) -> None:
-    """The manifests and the training config exist (before any work is done)."""
+    """Everything that can be checked before hours of feature dumping: the manifests (present, not
+    empty), the training config, the numeric settings, and every training override as hydra
+    will parse it."""
     for split in SPLITS:
-        if not os.path.isfile(os.path.join(cfg.manifest_dir, f"{split}.tsv")):
+        path = manifest_path(cfg, split)
+        if not os.path.isfile(path):
             raise IterationsError(f"{cfg.manifest_dir}: no {split}.tsv (scripts/make_manifest.py writes them)")
-    config = os.path.join(cfg.config_dir, f"{cfg.config_name}.yaml")
-    if not os.path.isfile(config):
+        if len(read_manifest(path)) == 0:
+            raise IterationsError(
+                f"{path}: no audio file listed (only the root line); every iteration dumps, labels and "
+                f"validates on {split}: rebuild the manifests with scripts/make_manifest.py --valid-percent > 0"
+            )
+    if not os.path.isfile(config_path(cfg)):
         raise IterationsError(
-            f"{config}: training config not found (--config-dir is the folder of the musicHuBERT "
+            f"{config_path(cfg)}: training config not found (--config-dir is the folder of the musicHuBERT "
             f"configs, examples/musichubert in the repository; --config-name one of its files)"
         )
+    if not (0 < cfg.percent <= 1 or cfg.percent == -1):
+        raise IterationsError(f"--percent {cfg.percent:g}: the share of training utterances for k-means, in (0, 1], or -1 for all")
+    for flag, value, low in (("--iterations", cfg.iterations, 1), ("--niter", cfg.niter, 0), ("--n-init", cfg.n_init, 1),
+                             ("--nredo", cfg.nredo, 1), ("--max-frames", cfg.max_frames, -1)):
+        if value < low or (flag == "--max-frames" and value == 0):
+            raise IterationsError(f"{flag} {value}: must be at least {low}" + (" (-1: no cap), not 0" if flag == "--max-frames" else ""))
+    if cfg.nredo > cfg.n_init:
+        raise IterationsError(f"--nredo {cfg.nredo} is more than --n-init {cfg.n_init} (the seedings it refines)")
+    if not cfg.clusters or min(cfg.clusters) < 1:
+        raise IterationsError(f"--clusters {cfg.clusters}: each k must be at least 1")
+    for i in range(1, cfg.iterations + 1):  # every iteration's paths, before the first one starts
+        directory = iteration_dir(cfg, i)
+        label_dir = os.path.join(directory, "labels")
+        check_overrides(train_command(cfg, directory, label_dir, 1.0), path_overrides(cfg, directory, label_dir))
+
+
+def hydra_string(key: str, value: str) -> str:
+    """``key='value'``: quoted, so that ``,`` ``=`` ``[`` ``]`` and spaces in a path stay part of it
+    (unquoted, hydra reads ``a,b`` as a sweep over two values). In hydra's quoted strings a
+    backslash escapes only a quote or another backslash before a quote or the end."""
+    escaped = re.sub(r"(\\+)('|$)", lambda m: m.group(1) * 2 + m.group(2), value).replace("'", "\\'")
+    return f"{key}='{escaped}'"
+
+
+def check_overrides(command: List[str], paths: dict) -> None:
+    """Parse the command's overrides as fairseq-hydra-train will (hydra's own parser), and check
+    that the paths come back as they are; refuses naming the override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, IntervalSweep, RangeSweep
+
+    parser = OverridesParser.create()
+    for text in command[command.index("--config-name") + 2 :]:
+        try:
+            override = parser.parse_override(text)
+        except Exception as err:  # hydra's OverrideParseException and grammar errors
+            raise IterationsError(
+                f"training override {text!r} does not parse in hydra ({str(err).splitlines()[0]}): quote a value "
+                f"holding , = [ ] ' or spaces: key='value'"
+            ) from None
+        value = override.value()
+        if isinstance(value, (ChoiceSweep, RangeSweep, IntervalSweep, Glob)):
+            raise IterationsError(
+                f"training override {text!r} is a sweep for hydra (an unquoted , or range): quote the value: key='a,b'"
+            )
+        path = paths.get(override.key_or_group)
+        if path is not None and ("${" in path or value != path):
+            raise IterationsError(
+                f"{path}: this path does not pass through hydra's override parser unchanged "
+                f"(it reads {value!r}; ${{...}} is an interpolation): move it or link it under a plain name"
+            )
 
 
 def dry_run(cfg: IterationsConfig) -> str:
@@ -268,11 +443,12 @@ def run_iterations(cfg: IterationsConfig, reference: Optional[ReferenceLabels] =
     ``reference``, each iteration's train labels are scored against it (``quality.json``)."""
     check_inputs(cfg)
     os.makedirs(cfg.work_dir, exist_ok=True)
-    with open(os.path.join(cfg.work_dir, "iterations.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=2)
-        f.write("\n")
-    checkpoints = []
-    for i in range(1, cfg.iterations + 1):
-        logger.info(f"iteration {i} of {cfg.iterations}: {iteration_dir(cfg, i)}")
-        checkpoints.append(run_iteration(cfg, i, reference))
+    with OutputLock(cfg.work_dir):
+        checkpoints = []
+        for i in range(1, cfg.iterations + 1):
+            logger.info(f"iteration {i} of {cfg.iterations}: {iteration_dir(cfg, i)}")
+            checkpoints.append(run_iteration(cfg, i, reference))
+        # Only now: every stage ran with (or was reused as made with) these settings.
+        settings = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+        atomic_write_json(os.path.join(cfg.work_dir, "iterations.json"), settings)
     return checkpoints

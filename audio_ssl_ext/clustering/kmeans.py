@@ -9,14 +9,15 @@ of the frames. A few seedings (``n_init``) are ranked by their potential, and th
 (``nredo``) get Lloyd iterations in faiss, the last ones over every training frame; the lowest
 inertia wins. Centroids are saved as a plain
 ``.npy`` with a JSON of how they were made, so they load anywhere numpy does; fairseq's joblib
-k-means files load too."""
+k-means files are refused (a pickle runs its maker's code when loaded); the error says how to
+convert one."""
 
 import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional, Tuple
 
 import numpy as np
@@ -27,6 +28,8 @@ import torch
 # and a faiss that cannot load at all still raises ImportError.
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 import faiss  # noqa: E402
+
+from audio_ssl_ext.durable import OutputLock, atomic_write, atomic_write_json  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,22 @@ def check_training_data(x: np.ndarray, n_clusters: int, where: str) -> None:
     if not np.isfinite(x).all():
         row, col = np.argwhere(~np.isfinite(x))[0]
         raise KMeansError(f"{where}: non-finite value (NaN or inf) at frame {row}, dim {col}")
+    distinct = count_distinct_rows(x)
+    if distinct < n_clusters:
+        logger.warning(
+            f"{where}: k={n_clusters} clusters but only {distinct} distinct frames among {x.shape[0]}: "
+            f"at least {n_clusters - distinct} clusters will label nothing (lower --n-clusters, or "
+            f"dump more varied audio)"
+        )
+
+
+def count_distinct_rows(x: np.ndarray) -> int:
+    """Distinct rows of ``x``, counted by a random projection in float64: equal rows project
+    equally, and distinct ones coincide with probability ~0, without sorting (n, d) rows."""
+    projection = np.random.default_rng(0).standard_normal(x.shape[1])
+    block = 65536  # float64 copies of a block, not of the whole sample
+    projected = np.concatenate([x[i : i + block].astype(np.float64) @ projection for i in range(0, len(x), block)])
+    return len(np.unique(projected))
 
 
 def use_faiss_gpu() -> bool:
@@ -271,36 +290,41 @@ class KMeansModel:
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         json_path = info_path(path)
-        partial = path + ".partial.npy"
-        np.save(partial, self.centroids)
-        with open(json_path + ".partial", "w") as f:
-            json.dump(asdict(self.info) if self.info else {}, f, indent=2)
-            f.write("\n")
-        os.replace(json_path + ".partial", json_path)
-        os.replace(partial, path)  # the centroids last: their presence means the save finished
+        with OutputLock(directory, os.path.basename(path)):
+            atomic_write_json(json_path, asdict(self.info) if self.info else {})
+            # The centroids last: their presence means the save finished.
+            atomic_write(path, lambda f: np.save(f, self.centroids))
         return json_path
 
     @classmethod
     def load(cls, path: str) -> "KMeansModel":
-        """Our ``.npy`` centroids, or a fairseq/sklearn k-means saved with joblib."""
+        """Our ``.npy`` centroids and their ``.json``, checked. Pickles (fairseq's joblib k-means
+        files) are refused: loading one runs whatever code its maker put in it."""
         if not os.path.isfile(path):
             raise KMeansError(f"{path}: k-means file not found (scripts/learn_kmeans.py writes it)")
         with open(path, "rb") as f:
             is_npy = f.read(6) == b"\x93NUMPY"
-        if is_npy:
-            centroids = np.load(path)
-        else:
-            centroids = _load_joblib_centroids(path)
+        if not is_npy:
+            raise KMeansError(
+                f"{path}: not a numpy .npy file (a joblib/pickle k-means from fairseq's learn_kmeans.py?); "
+                f"pickles are not loaded, since loading one runs its maker's code. Convert a file you trust "
+                f"once: python -c \"import joblib, numpy; numpy.save('km.npy', "
+                f"joblib.load('{os.path.basename(path)}').cluster_centers_.astype('float32'))\", "
+                f"or learn it again with scripts/learn_kmeans.py"
+            )
+        try:
+            centroids = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:
+            raise KMeansError(
+                f"{path}: truncated or damaged .npy ({err}); learn it again with scripts/learn_kmeans.py"
+            ) from err
         if centroids.ndim != 2 or centroids.shape[0] == 0:
             raise KMeansError(f"{path}: expected (n_clusters, dim) centroids, got shape {centroids.shape}")
+        if not np.issubdtype(centroids.dtype, np.floating):
+            raise KMeansError(f"{path}: expected float centroids, got {centroids.dtype}")
         if not np.isfinite(centroids).all():
             raise KMeansError(f"{path}: centroids hold NaN or inf")
-        info = None
-        if os.path.isfile(info_path(path)):
-            with open(info_path(path)) as f:
-                saved = json.load(f)
-            info = KMeansInfo(**saved) if saved else None  # {}: centroids saved without info
-        return cls(centroids, info)
+        return cls(centroids, _load_info(info_path(path), centroids.shape))
 
 
 def info_path(centroids_path: str) -> str:
@@ -308,15 +332,32 @@ def info_path(centroids_path: str) -> str:
     return stem + ".json"
 
 
-def _load_joblib_centroids(path: str) -> np.ndarray:
+def _load_info(path: str, shape) -> Optional[KMeansInfo]:
+    if not os.path.isfile(path):
+        return None
     try:
-        import joblib
-
-        model = joblib.load(path)
-    except Exception as err:
+        with open(path) as f:
+            saved = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise KMeansError(f"{path}: not readable JSON ({err}); learn the k-means again") from err
+    if saved == {}:  # centroids saved without info
+        return None
+    if not isinstance(saved, dict):
+        raise KMeansError(f"{path}: expected a JSON object of KMeansInfo fields")
+    known = {f.name for f in fields(KMeansInfo)}
+    extra, missing = sorted(set(saved) - known), sorted(
+        f.name for f in fields(KMeansInfo) if f.default is MISSING and f.default_factory is MISSING and f.name not in saved
+    )
+    if extra or missing:
         raise KMeansError(
-            f"{path}: neither a .npy array of centroids nor a joblib k-means model ({err})"
-        ) from err
-    if not hasattr(model, "cluster_centers_"):
-        raise KMeansError(f"{path}: the joblib object {type(model).__name__} has no cluster_centers_")
-    return np.asarray(model.cluster_centers_, dtype=np.float32)
+            f"{path}: " + "; ".join(
+                ([f"unknown key(s) {extra}"] if extra else []) + ([f"missing key(s) {missing}"] if missing else [])
+            ) + f" (the fields are {sorted(known)}): fix the file or learn the k-means again"
+        )
+    info = KMeansInfo(**saved)
+    if (info.n_clusters, info.dim) != tuple(shape):
+        raise KMeansError(
+            f"{path}: describes {info.n_clusters} x {info.dim} centroids, the .npy next to it holds "
+            f"{shape[0]} x {shape[1]}: the two files are from different runs; learn the k-means again"
+        )
+    return info

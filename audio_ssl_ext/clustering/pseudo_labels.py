@@ -8,6 +8,9 @@ labels are made, rather than discovered after a day of training:
 - labels at another frame rate than the training config's ``label_rate``: frames per utterance
   are checked against the manifest's sample counts at that rate, with the tolerance the
   ``waveform_pretraining`` task applies when it loads them.
+
+Shards are checked against the manifest's content and the k-means' feature source first
+(``dump.check_shards``); the label file is written under the lock of ``{split}.{name}``.
 """
 
 import logging
@@ -17,11 +20,12 @@ from typing import List, Optional
 import numpy as np
 from tqdm import tqdm
 
-from audio_ssl_ext.clustering.dump import read_shard_info
+from audio_ssl_ext.clustering.dump import check_shards
 from audio_ssl_ext.clustering.kmeans import KMeansModel
 from audio_ssl_ext.clustering.shards import check_finite, read_shards
 from audio_ssl_ext.data.labels import LabelError, expected_frames
 from audio_ssl_ext.data.manifest import read_manifest
+from audio_ssl_ext.durable import OutputLock, atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,22 +49,8 @@ def write_dictionary(label_dir: str, name: str, n_clusters: int) -> str:
             )
         return path
     os.makedirs(label_dir, exist_ok=True)
-    with open(path + ".partial", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".partial", path)
+    atomic_write_text(path, "\n".join(lines) + "\n")  # two writers write the same text
     return path
-
-
-def rates_of_shards(feat_dir: str, split: str, nshard: int):
-    """(sample_rate, frame_rate) recorded with the shards by ``dump_features``, or (None, None)."""
-    rates = set()
-    for rank in range(nshard):
-        info = read_shard_info(feat_dir, split, rank, nshard)
-        if info is not None:
-            rates.add((int(info["sample_rate"]), float(info["frame_rate"])))
-    if len(rates) > 1:
-        raise LabelError(f"{feat_dir}: shards of {split} were dumped at different rates {sorted(rates)}")
-    return rates.pop() if rates else (None, None)
 
 
 def apply_kmeans(
@@ -88,7 +78,11 @@ def apply_kmeans(
     manifest = read_manifest(manifest_path)
     if shards[0].dim != model.dim:
         raise LabelError(f"{feat_dir}: {split} features are {shards[0].dim}-dim, the k-means {km_path} is {model.dim}-dim")
-    dumped_sample_rate, dumped_rate = rates_of_shards(feat_dir, split, nshard)
+    # The manifest by content (a reordered one has the same count and lengths) and the source
+    # (layers or checkpoints of equal width fit the centroids' shape as well).
+    kmeans_source = model.info.source if model.info is not None and model.info.source else None
+    info = check_shards(feat_dir, split, nshard, manifest_path, kmeans_source, f"the k-means {km_path}")
+    dumped_sample_rate, dumped_rate = (int(info["sample_rate"]), float(info["frame_rate"])) if info else (None, None)
     if label_rate is None or sample_rate is None:
         if dumped_rate is None:
             raise LabelError(
@@ -108,10 +102,10 @@ def apply_kmeans(
             f"{feat_dir}: the {nshard} shard(s) of {split} hold {utterances} utterances (their .len lines), "
             f"but {manifest.path} has {len(manifest)} entries: features dumped from another manifest?"
         )
-    write_dictionary(label_dir, name, model.n_clusters)
     path = os.path.join(label_dir, f"{split}.{name}")
-    entry = 0
-    with open(path + ".partial", "w") as out:
+
+    def write(out) -> None:
+        entry = 0
         with tqdm(total=utterances, desc=f"labels {split}.{name}", unit="file", disable=not progress) as bar:
             for shard in shards:
                 for i in range(len(shard)):
@@ -122,7 +116,10 @@ def apply_kmeans(
                     out.write(" ".join(map(str, labels.tolist())) + "\n")
                     entry += 1
                     bar.update()
-    os.replace(path + ".partial", path)
+
+    with OutputLock(label_dir, f"{split}.{name}"):
+        write_dictionary(label_dir, name, model.n_clusters)
+        atomic_write(path, write, mode="w")
     logger.info(f"wrote {path} ({utterances} lines, {model.n_clusters} clusters at {label_rate:g} Hz)")
     return path
 

@@ -6,8 +6,9 @@ each utterance, one per line. Shard ``rank`` of ``nshard`` holds manifest lines
 [round(N * rank / nshard), round(N * (rank + 1) / nshard)), so concatenating the ranks gives the
 manifest order back. Users' habits and their existing feature dirs carry over unchanged.
 
-Writing appends (memory stays flat whatever the corpus size) into ``.partial`` files that are
-renamed when the shard is complete, so a shard that exists is a shard that was finished. Reading
+Writing appends (memory stays flat whatever the corpus size) into temporary files unique to the
+writer, fsynced and renamed when the shard is complete (``audio_ssl_ext.durable``), so a shard
+that exists is a shard that was finished; a lock per shard refuses a second writer. Reading
 goes through memory maps and checks what fairseq's scripts assume: the ``.len`` sums to the rows,
 the shard is not empty, and features are finite.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
+
+from audio_ssl_ext.durable import OutputLock, publish, raise_if_disk_full, remove_quietly, temp_path
 
 # The .npy header is written once with room for the final shape and rewritten on close; 128
 # bytes hold any 2-D float32 shape (numpy pads headers to a multiple of 64 bytes).
@@ -62,16 +65,26 @@ def _npy_header(rows: int, dim: int) -> bytes:
 class ShardWriter:
     """Appends (frames, dim) float32 blocks to a shard; ``close()`` publishes it.
 
-    Use as a context manager: on an exception the partial files are removed and nothing named
-    like a finished shard is left behind.
+    Use as a context manager: on an exception the temporary files are removed and nothing named
+    like a finished shard is left behind. The shard is locked while it is written (a second
+    writer of the same shard is refused, naming the first; other shards of the folder stay free
+    for parallel jobs) and its temporary names are unique to the writer.
     """
 
     def __init__(self, feat_dir: str, split: str, rank: int, nshard: int):
         os.makedirs(feat_dir, exist_ok=True)
         self.npy_path, self.len_path = shard_paths(feat_dir, split, rank, nshard)
-        self._npy = open(self.npy_path + ".partial", "wb")
-        self._len = open(self.len_path + ".partial", "w")
-        self._npy.write(_npy_header(0, 0))
+        self._npy = self._len = None
+        self._npy_tmp, self._len_tmp = temp_path(self.npy_path), temp_path(self.len_path)
+        self._lock = OutputLock(feat_dir, f"{split}_{rank}_{nshard}").__enter__()
+        try:
+            self._npy = open(self._npy_tmp, "wb")
+            self._len = open(self._len_tmp, "w")
+            self._npy.write(_npy_header(0, 0))
+        except OSError as err:
+            self.abort()
+            raise_if_disk_full(err, self.npy_path)
+            raise
         self.rows = 0
         self.dim = None
         self.utterances = 0
@@ -94,8 +107,12 @@ class ShardWriter:
                 f"{source}: non-finite feature value (NaN or inf) at frame {bad[0]}, dim {bad[1]}; "
                 f"nothing written to {self.npy_path}"
             )
-        self._npy.write(np.ascontiguousarray(features, dtype="<f4").tobytes())
-        self._len.write(f"{features.shape[0]}\n")
+        try:
+            self._npy.write(np.ascontiguousarray(features, dtype="<f4").tobytes())
+            self._len.write(f"{features.shape[0]}\n")
+        except OSError as err:
+            raise_if_disk_full(err, self.npy_path)
+            raise
         self.rows += features.shape[0]
         self.utterances += 1
 
@@ -103,19 +120,33 @@ class ShardWriter:
         if self.dim is None:
             self.abort()
             raise ShardError(f"{self.npy_path}: no utterance to write (empty shard)")
-        self._npy.seek(0)
-        self._npy.write(_npy_header(self.rows, self.dim))
-        self._npy.close()
-        self._len.close()
-        os.replace(self.npy_path + ".partial", self.npy_path)
-        os.replace(self.len_path + ".partial", self.len_path)
+        try:
+            self._npy.seek(0)
+            self._npy.write(_npy_header(self.rows, self.dim))
+            self._npy.close()
+            self._len.close()
+            # The .len first: the .npy's presence means the shard is complete (shard_exists).
+            publish(self._len_tmp, self.len_path)
+            publish(self._npy_tmp, self.npy_path)
+        except BaseException as err:
+            self.abort()
+            if isinstance(err, OSError):
+                raise_if_disk_full(err, self.npy_path)
+            raise
+        self._unlock()
 
     def abort(self) -> None:
         for f in (self._npy, self._len):
-            f.close()
-        for path in (self.npy_path, self.len_path):
-            if os.path.exists(path + ".partial"):
-                os.remove(path + ".partial")
+            if f is not None:
+                f.close()
+        for tmp in (self._npy_tmp, self._len_tmp):
+            remove_quietly(tmp)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
     def __enter__(self):
         return self
@@ -261,7 +292,7 @@ def _chosen_utterances(shard: Shard, percent: float, rng: np.random.Generator) -
         return np.sort(rng.choice(len(shard), count, replace=False))
     if percent == -1 or percent == 1:
         return np.arange(len(shard))
-    raise ValueError(f"percent must be in (0, 1] or -1 (all), got {percent}")
+    raise ShardError(f"--percent {percent:g}: the share of utterances to sample must be in (0, 1], or -1 for all")
 
 
 def _positions_to_rows(shard: Shard, utterances: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ A label file has one line per manifest entry, in manifest order, of space-separa
 failure modes are common in fairseq's and MERT's trackers, and both are refused here, loudly:
 ids missing from the dictionary (fairseq maps them to ``<unk>`` and training silently learns
 nothing) and label sequences whose length does not match the audio at the stated label rate.
+fairseq's special symbols as labels and malformed dictionaries are refused too, naming the line.
 """
 
 import os
@@ -29,6 +30,11 @@ class LabelSet:
     labels: List[np.ndarray]  # dictionary indices, one array per manifest entry
 
 
+# fairseq's Dictionary reserves these; a label spelled like one maps to it (a <pad> target then
+# drops out of the loss without a word).
+SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")
+
+
 def load_dictionary(label_dir: str, name: str) -> Dictionary:
     path = os.path.join(label_dir, f"dict.{name}.txt")
     if not os.path.isfile(path):
@@ -36,7 +42,34 @@ def load_dictionary(label_dir: str, name: str) -> Dictionary:
             f"{path}: dictionary not found for label set '{name}' "
             f"(scripts/apply_kmeans.py writes it next to the labels)"
         )
+    check_dictionary_file(path)
     return Dictionary.load(path)
+
+
+def check_dictionary_file(path: str) -> None:
+    """What fairseq's ``Dictionary.add_from_file`` needs, checked here because its own errors
+    name neither the file nor the line: ``symbol count`` per line, counts integers, no symbol
+    twice, none of fairseq's special symbols, at least one symbol."""
+    seen = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise LabelError(f"{path}: not UTF-8 text ({err}); rewrite it with scripts/apply_kmeans.py") from err
+    for number, line in enumerate(lines, start=1):
+        parts = line.rstrip().split(" ")
+        if parts[-1] == "#fairseq:overwrite":  # fairseq's flag: a deliberate duplicate
+            parts = parts[:-1]
+        if len(parts) != 2 or not parts[0] or not parts[1].lstrip("-").isdigit():
+            raise LabelError(f"{path}, line {number}: expected '<symbol> <count>', got {line!r}")
+        symbol = parts[0]
+        if symbol in SPECIAL_SYMBOLS:
+            raise LabelError(f"{path}, line {number}: {symbol} is one of fairseq's special symbols; rename the label")
+        if symbol in seen and not line.rstrip().endswith("#fairseq:overwrite"):
+            raise LabelError(f"{path}, line {number}: symbol {symbol!r} again (first on line {seen[symbol]})")
+        seen.setdefault(symbol, number)
+    if not seen:
+        raise LabelError(f"{path}: no symbol (an empty dictionary); rewrite it with scripts/apply_kmeans.py")
 
 
 def expected_frames(num_samples: int, sample_rate: int, label_rate: float) -> float:
@@ -73,6 +106,13 @@ def load_label_set(
     labels = []
     for number, (line, num_samples) in enumerate(zip(lines, manifest.sizes), start=1):
         symbols = line.split()
+        special = [s for s in SPECIAL_SYMBOLS if s in symbols]
+        if special:
+            raise LabelError(
+                f"{path}, line {number}: {special[0]} is one of fairseq's special symbols "
+                f"({', '.join(SPECIAL_SYMBOLS)}), not a label; fairseq would treat it as such "
+                f"(a <pad> target drops out of the loss): rename it in the labels and the dictionary"
+            )
         unknown = [s for s in symbols if s not in symbol_to_index]
         if unknown:
             raise LabelError(

@@ -13,6 +13,7 @@ folder that has one, so a cache inside the audio folder is never mistaken for in
 """
 
 import collections
+import contextlib
 import os
 import random
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import soxr
 from tqdm import tqdm
 
 from audio_ssl_ext.data.manifest import ManifestError, write_manifest
+from audio_ssl_ext.durable import OutputLock, atomic_write_text, publish, raise_if_disk_full, remove_quietly, temp_path
 
 # --ext values and the libsndfile major format that decodes each (mp3 needs libsndfile >= 1.1).
 SOUNDFILE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
@@ -272,11 +274,12 @@ def convert_to_cache(source: str, cached: str, info: AudioInfo, sample_rate: int
     """Mix ``source`` down to mono (mean of channels), resample it with soxr and write it as
     float32 wav at ``cached``, streaming; returns the samples written.
 
-    Written under a temporary name and renamed, so an interrupted run leaves no truncated cache
-    file that a rerun could take for finished; the source's mtime is copied for the up-to-date check.
+    Written under a temporary name unique to this run, fsynced and renamed, so an interrupted run
+    leaves no truncated cache file that a rerun could take for finished; the source's mtime is
+    copied for the up-to-date check.
     """
     os.makedirs(os.path.dirname(cached), exist_ok=True)
-    partial = cached + ".partial"
+    partial = temp_path(cached)
     expected = converted_length(info.frames, info.samplerate, sample_rate)
     container = "RF64" if expected * 4 + 1024 > WAV_MAX_BYTES else "WAV"
     resampler = None
@@ -300,10 +303,12 @@ def convert_to_cache(source: str, cached: str, info: AudioInfo, sample_rate: int
                 written += len(tail)
         stat = os.stat(source)
         os.utime(partial, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        os.replace(partial, cached)
+        publish(partial, cached)
+    except OSError as err:
+        raise_if_disk_full(err, cached)
+        raise
     finally:
-        if os.path.lexists(partial):
-            os.remove(partial)
+        remove_quietly(partial)
     return written
 
 
@@ -419,11 +424,19 @@ def build_manifests(
     """Write OUT_DIR/train.tsv, OUT_DIR/valid.tsv and OUT_DIR/manifest_report.txt.
 
     Raises NoUsableAudioError (after writing the report) when no file is usable; the .tsv files
-    are then not touched.
+    are then not touched. The output folder (and the cache) are locked for the run: a second run
+    into them is refused, naming the first.
     """
     options = options or ManifestOptions()
     if not os.path.isdir(audio_dir):
         raise ManifestError(f"{audio_dir}: audio folder not found")
+    os.makedirs(out_dir, exist_ok=True)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(OutputLock(out_dir))
+        return _build_manifests(audio_dir, out_dir, options, locks)
+
+
+def _build_manifests(audio_dir: str, out_dir: str, options: ManifestOptions, locks) -> ManifestReport:
     split_train_valid(0, options.valid_percent, options.seed)  # validates valid_percent up front
     audio_root = os.path.realpath(audio_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -435,6 +448,7 @@ def build_manifests(
             # The search skips cache folders, so the audio would vanish from its own manifest.
             raise ManifestError(f"cache folder {report.cache_dir} is, or contains, the audio folder")
         prepare_cache_dir(report.cache_dir, options.sample_rate)
+        locks.enter_context(OutputLock(report.cache_dir))  # --cache-dir may be shared by two output folders
 
     paths = find_audio_files(audio_root, options.extensions)
     report.found = len(paths)
@@ -471,5 +485,4 @@ def build_manifests(
 
 
 def write_report(report: ManifestReport, path: str) -> None:
-    with open(path, "w") as f:
-        f.write(report.text())
+    atomic_write_text(path, report.text())
