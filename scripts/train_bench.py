@@ -27,6 +27,10 @@ with ``dataset.num_workers`` 0 and 2, on 5 s files and on 10 min files (only the
 read), and the fraction of a tiny training loop's time spent waiting for the next batch.
 Its last line: ``train_bench: data short_w0=... long_w0=... wait_tiny_w0=0.12 ...``.
 
+Each learner's line also gives our step's FLOPs (torch's FlopCounterMode: matmuls and convolutions,
+forward and backward) and the TFLOP/s achieved; with ``--peak-tflops`` the model FLOPs utilization.
+On a GPU: ``--device cuda --bf16 --shapes base --peak-tflops 989``.
+
 Usage: python scripts/train_bench.py [--shapes tiny base] [--learners ...] [--pairs 10] [--threads 2] [--data]
 """
 
@@ -38,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -163,23 +168,46 @@ def stock_config(cfg, dataclass_type, name: str):
     return OmegaConf.create({**{k: cfg[k] for k in cfg if k in names and k != "_name"}, "_name": name})
 
 
-def make_step(model, criterion, sample) -> Callable[[], Tuple[float, float]]:
+def make_step(model, criterion, sample, device: str = "cpu", bf16: bool = False) -> Callable[[], Tuple[float, float]]:
+    """One training step; with ``bf16``, forward and loss under torch.autocast (fp32 weights), as
+    fairseq's ``common.amp`` with ``common.bf16`` runs it."""
+    from fairseq.utils import move_to_cuda
+
+    model.to(device)
+    sample = move_to_cuda(sample, device) if device != "cpu" else sample
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     model.train()
     updates = [0]
     model.set_num_updates(0)  # fairseq's data2vec builds its EMA teacher here, as the trainer calls it first
 
     def step() -> Tuple[float, float]:
+        synchronize(device)
         wall, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        loss, _, _ = criterion(model, sample)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _, _ = criterion(model, sample)
         loss.backward()
         optimizer.step()
         updates[0] += 1
         model.set_num_updates(updates[0])
+        synchronize(device)
         return time.perf_counter() - wall, time.process_time() - cpu
 
     return step
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def step_flops(step: Callable) -> int:
+    """FLOPs of one step (forward and backward matmuls and convolutions, torch's count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 def interleaved(ours: Callable, stock: Callable, pairs: int, warmup: int, desc: str) -> List[Tuple[Tuple, Tuple]]:
@@ -202,9 +230,11 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
         ours_cfg = compose(pair.config_dir, shape, ours_root, crop)
         stock = build(pair.stock_config_dir, pair.stock_config(shape), pair.stock_overrides(ours_cfg), pair.stock_kind,
                       batch, crop, stock_root)
-        ours_step, stock_step = make_step(ours_model, ours_criterion, ours_sample), make_step(*stock)
+        ours_step = make_step(ours_model, ours_criterion, ours_sample, args.device, args.bf16)
+        stock_step = make_step(*stock, args.device, args.bf16)
         if args.profile == pair.learner:
             profile(pair.learner, ours_step, stock_step)
+        flops = step_flops(ours_step)
         timings = interleaved(ours_step, stock_step, args.pairs, args.warmup, f"{pair.learner}/{shape}")
     wall = [a[0] / b[0] for a, b in timings]
     cpu = [a[1] / b[1] for a, b in timings]
@@ -219,6 +249,9 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
         f"cpu {statistics.median(cpu):.3f}",
         flush=True,
     )
+    achieved = flops / ours_s / 1e12
+    utilization = f", {achieved / args.peak_tflops:.1%} of the {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else ""
+    print(f"{'':13s} ours: {flops / 1e9:.1f} GFLOP per step, {achieved:.3g} TFLOP/s{utilization}", flush=True)
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
@@ -326,11 +359,17 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", choices=list(PAIRS), help="print torch.profiler tables for this learner")
     parser.add_argument("--data", action="store_true", help="measure the data path instead (see above)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--bf16", action="store_true", help="forward and loss under bf16 autocast")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak for the precision used (H100/H200 SXM dense bf16: 989): prints the "
+                        "model FLOPs utilization of our step")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     import audio_ssl_ext  # noqa: F401  (registers our tasks and models)
 
     logging.disable(logging.INFO)  # fairseq and hydra log every config at DEBUG/INFO level
+    warnings.filterwarnings("ignore", module="hydra")  # fairseq's config style, deprecated by hydra 1.1
 
     if args.data:
         return data_bench(args)
