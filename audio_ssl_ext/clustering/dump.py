@@ -207,6 +207,11 @@ def check_shards(
                     f"({describe_changes({key: first[key]}, {key: info[key]})}); shards of different "
                     f"runs do not mix: redump them all"
                 )
+    if source is not None and source != first["source"]:
+        raise ShardError(
+            f"{feat_dir}: the features of {split} come from another source than {purpose or 'expected'} "
+            f"({describe_changes(source, first['source'])}); use features of the same source"
+        )
     if manifest_path is not None:
         now = sha256_file(manifest_path)
         if now != first["manifest_sha256"]:
@@ -215,11 +220,6 @@ def check_shards(
                 f"content (sha256 {first['manifest_sha256'][:12]}) than {manifest_path} now "
                 f"(sha256 {now[:12]}): another order or other files? Redump the features from this manifest"
             )
-    if source is not None and source != first["source"]:
-        raise ShardError(
-            f"{feat_dir}: the features of {split} come from another source than {purpose or 'expected'} "
-            f"({describe_changes(source, first['source'])}); use features of the same source"
-        )
     return first
 
 
