@@ -234,6 +234,35 @@ def test_normalization_config_errors_name_the_field(fields, message):
         LogMelPatches(**{**OFFICIAL, **fields})
 
 
+def test_norm_stats_are_the_raw_log_mel_statistics_of_every_frame(tmp_path, capsys):
+    """scripts/norm_stats.py over a manifest: mean and (population) std of every frame of every
+    file on the model's grid, read in blocks (here 64 frames) with the same result as whole."""
+    import importlib.util
+
+    from audio_ssl_ext.data.manifest import read_manifest
+    from audio_ssl_ext.tasks.crop_pretraining import logmel_statistics
+
+    _manifest(tmp_path, [47900, 8000])
+    frontend = LogMelPatches(input_frames=100, **OFFICIAL)
+    with torch.no_grad():
+        frames = torch.cat([frontend.frames(_read(tmp_path, i)[None])[0][0] for i in range(2)]).double()
+    assert frames.shape == (300 + 51, 80)
+    manifest = read_manifest(str(tmp_path / "train.tsv"))
+    mean, std, count = logmel_statistics(frontend, manifest, [0, 1], block_frames=64)
+    assert count == frames.numel()
+    assert mean == pytest.approx(frames.mean().item(), abs=1e-4)
+    assert std == pytest.approx(frames.std(unbiased=False).item(), abs=1e-4)
+
+    spec = importlib.util.spec_from_file_location("norm_stats", os.path.join(REPO_ROOT, "scripts", "norm_stats.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--config-dir", os.path.join(REPO_ROOT, "examples", "mwmae"), "--config-name", "tiny", str(tmp_path / "train.tsv")])
+    override = capsys.readouterr().out.strip().splitlines()[-1]
+    values = dict(item.split("=") for item in override.split())
+    assert float(values["model.norm_mean"]) == pytest.approx(mean, rel=1e-5)
+    assert float(values["model.norm_std"]) == pytest.approx(std, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- model
 def test_forward_returns_the_loss_the_model_criterion_expects():
     model = tiny_mw_mae()
@@ -390,18 +419,25 @@ def test_base_configs_have_the_papers_size():
     embedding and classifier). The decoder: 768 -> 384 embedding (295,296), 4 blocks of 1,774,464,
     its norm (768), the 384 -> 64 prediction (24,640) and the mask token (384) = 7,418,944.
     MW-MHA adds one (2 w - 1)-entry relative position table per windowed head: 428 per block.
+    The official code trains the positions: 250 x 768 encoder and 250 x 384 decoder entries; the
+    MAE baseline's CLS token adds its 768 values and a 768 + 384 zero position row.
     """
     import fairseq.tasks
 
     encoder, decoder, windows_bias = 85_105_920, 7_418_944, 4 * sum(2 * w - 1 for w in [2, 5, 10, 25, 50, 125])
-    for name, expected_decoder in (("mae_base", decoder), ("base", decoder + windows_bias)):
+    positions, decoder_positions, cls = 250 * 768, 250 * 384, 768 + 768 + 384
+    for name, expected_decoder in (("mae_base", decoder + cls), ("base", decoder + windows_bias)):
         cfg = compose_example_config("mwmae", name, ["task.data=/nonexistent"])
         with torch.device("meta"):  # shapes only: no memory, no initialisation
             model = fairseq.tasks.setup_task(cfg.task).build_model(cfg.model)
         count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
-        assert count(model.patch_embed, model.encoder) == encoder, name
-        assert count(model) - encoder == expected_decoder, name
-        assert abs(count(model.patch_embed, model.encoder) - 86e6) / 86e6 < 0.02
+        assert count(model.patch_embed, model.encoder) == encoder + positions, name
+        assert count(model) - encoder - positions - decoder_positions == expected_decoder, name
+        assert abs(count(model.patch_embed, model.encoder) - positions - 86e6) / 86e6 < 0.02
+        assert (model.frontend.logmel.n_fft, model.frontend.normalization, model.frontend.chunk_padding) == (
+            400, "per_clip", "reflect"
+        )
+        assert (model.cls_token is not None) == (name == "mae_base")
         if name == "base":
             assert [b.attn.window_sizes for b in model.decoder.blocks] == [[2, 5, 10, 25, 50, 125, 0, 0]] * 4
             assert cfg.optimization.lr == [1.5e-5 * 1024 / 256]

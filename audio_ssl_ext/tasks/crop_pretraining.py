@@ -20,16 +20,17 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Optional, Tuple
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import register_task
 from omegaconf import II, MISSING
 
+from audio_ssl_ext.data.audio import read_audio
 from audio_ssl_ext.data.manifest import Manifest, read_manifest
 from audio_ssl_ext.data.waveform_dataset import WaveformDataset
-from audio_ssl_ext.modules.spectrogram_frontend import CropFraming
+from audio_ssl_ext.modules.spectrogram_frontend import CropFraming, LogMelPatches
 from audio_ssl_ext.tasks.waveform_pretraining import WaveformTask
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,18 @@ class CropPretrainingConfig(FairseqDataclass):
     seed: int = II("common.seed")  # crops are drawn from (seed, epoch, sample index)
 
 
+def piece_bounds(framing: CropFraming, first: int, count: int, length: int) -> Tuple[int, int]:
+    """(start, end) samples of a clip of ``length`` from which the model's centred framing gives
+    frames ``first`` .. ``first + count - 1`` of the clip's own grid: their windows' samples, from
+    a whole frame before (so frame numbers stay whole), the clip's own ends where they are reached
+    (whose padding the model then applies, as to the whole clip)."""
+    hop = framing.hop_length
+    context_frames = -(-framing.context_samples // hop)
+    start = max(0, (first - context_frames) * hop)
+    end = min(length, (first + count - 1) * hop + framing.context_samples)
+    return start, end
+
+
 class SpectrogramCropDataset(WaveformDataset):
     """Pieces of clips around crops on a model's frame grid (the module docstring).
 
@@ -66,10 +79,8 @@ class SpectrogramCropDataset(WaveformDataset):
                  random_crop: bool, seed: int):
         self.framing = framing
         hop = framing.hop_length
-        # Frames of STFT context on each side of the frames a piece is read for.
-        self.context_frames = -(-framing.context_samples // hop)
         self.window_frames = max(framing.input_frames, 1 + clip_samples // hop) if framing.per_clip else framing.input_frames
-        largest_piece = (self.window_frames - 1 + self.context_frames) * hop + framing.context_samples
+        largest_piece = (self.window_frames + 1 + framing.context_samples // hop) * hop + framing.context_samples
         super().__init__(manifest, sample_rate, max_sample_size=largest_piece, random_crop=random_crop, seed=seed)
 
     def piece(self, sample_id: int, length: int):
@@ -81,8 +92,7 @@ class SpectrogramCropDataset(WaveformDataset):
             return 0, length, first
         # A window of window_frames frames with the crop in its middle, inside the clip.
         window = min(max(0, first - (self.window_frames - frames) // 2), clip_frames - self.window_frames)
-        start = max(0, (window - self.context_frames) * hop)
-        end = min(length, (window + self.window_frames - 1) * hop + self.framing.context_samples)
+        start, end = piece_bounds(self.framing, window, self.window_frames, length)
         return start, end, first - start // hop
 
     def collater(self, samples):
@@ -168,3 +178,34 @@ class CropPretrainingTask(WaveformTask):
             f"{split}: {len(dataset)} files, {self.cfg.crop_seconds:g} s crops{whole} "
             f"({'random' if random_crop else 'centre'})"
         )
+
+
+def logmel_statistics(frontend: LogMelPatches, manifest: Manifest, entries: Iterable[int], block_frames: int = 6000):
+    """(mean, std, values) of the raw log-mel of every frame of the files at ``entries`` of
+    ``manifest``: what ``normalization=dataset`` divides by, on the model's own frame grid (its
+    n_fft, centring, mel bands). Files are read in blocks of ``block_frames`` frames (60 s at
+    10 ms), so a long file never sits in memory whole; float64 accumulation, merged per block
+    (Chan et al.), population std."""
+    framing = frontend.crop_framing()
+    count, mean, m2 = 0, 0.0, 0.0
+    for entry in entries:
+        length = manifest.sizes[entry]
+        where = dict(manifest=manifest.path, line=manifest.line_numbers[entry])
+        for first in range(0, 1 + length // framing.hop_length, block_frames):
+            frames = min(block_frames, 1 + length // framing.hop_length - first)
+            start, end = piece_bounds(framing, first, frames, length)
+            piece = read_audio(manifest.audio_path(entry), frontend.logmel.sample_rate, start=start,
+                               frames=end - start, expected_length=length, **where)
+            with torch.no_grad():
+                spec, _ = frontend.frames(torch.from_numpy(piece)[None])
+            offset = first - start // framing.hop_length
+            block = spec[0, offset : offset + frames].double()
+            n, block_mean = block.numel(), block.mean().item()
+            block_m2 = (block - block_mean).square().sum().item()
+            delta = block_mean - mean
+            mean += delta * n / (count + n)
+            m2 += block_m2 + delta * delta * count * n / (count + n)
+            count += n
+    if count == 0:
+        raise ValueError(f"{manifest.path}: no audio to compute statistics over")
+    return mean, math.sqrt(m2 / count), count
