@@ -25,11 +25,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
-import soundfile as sf
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from audio_ssl_ext.data.audio import read_audio
 from audio_ssl_ext.downstream.hear_tasks import SAMPLE_RATE, read_hear_task
 
 logger = logging.getLogger(__name__)
@@ -95,10 +95,7 @@ def embed_split(embedder: Embedder, paths: Sequence[str], batch_size: int = 32, 
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, leave=False):
         clips = []
         for path in paths[start : start + batch_size]:
-            audio, rate = sf.read(path, dtype="float32", always_2d=True)
-            if rate != SAMPLE_RATE:
-                raise ValueError(f"{path}: {rate} Hz, the probe reads the tasks' {SAMPLE_RATE} Hz audio")
-            clips.append(audio.mean(axis=1))
+            clips.append(read_audio(path, expected_sample_rate=SAMPLE_RATE))
         if len({len(c) for c in clips}) > 1:  # HEAR scene tasks have fixed-length clips; be safe
             out += [embedder([c]) for c in clips]
         else:
@@ -215,6 +212,26 @@ def normalized_scores(means: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # The benchmark
 # ---------------------------------------------------------------------------------------------
+
+
+LOGMEL_NAME = "log-mel stats"
+RANDOM_INIT_SUFFIX = " (random init)"
+
+
+def check_model_names(checkpoints: Sequence[Tuple[str, str]]) -> None:
+    """Each model's row of the table is keyed by its name: two checkpoints of one name (two
+    ``checkpoint_last.pt`` from different runs) would leave one model out. Refuse them, and names
+    that the baselines take."""
+    seen: Dict[str, str] = {}
+    for name, path in checkpoints:
+        if name in seen:
+            raise ValueError(
+                f"checkpoints {seen[name]} and {path} are both named {name!r}: name them apart with "
+                f"--checkpoint NAME=PATH"
+            )
+        if name == LOGMEL_NAME or name.endswith(RANDOM_INIT_SUFFIX):
+            raise ValueError(f"checkpoint {path}: the name {name!r} is taken by a baseline; choose another")
+        seen[name] = path
 
 
 def run_probe(task_dirs: Sequence[str], embedders: Dict[str, Embedder], cfg: ProbeConfig) -> dict:

@@ -7,7 +7,8 @@
     upstream.get_downsample_rates("hidden_states")   # 16 kHz samples per frame (an int)
 
 ``-g features=NAME`` (or ``-g FILE.yaml`` holding ``features: NAME``) picks the hidden states of
-a learner that has several sets (JOOCI: content, other, both).
+a learner that has several sets (JOOCI: content, other, both); ``-g trust_checkpoint=true`` reads a
+checkpoint that holds classes outside the safe-loading allow-list (``audio_ssl_ext/checkpoint_io.py``).
 
 s3prl's contract: the input is 16 kHz; T is within 5 frames of round(max_len / rate). A model at
 another rate (24 kHz) resamples inside; where its frame rate does not divide 16000 (75 Hz gives
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio_ssl_ext.data.audio import check_finite_batch
 from audio_ssl_ext.downstream.load import load_model
 
 S3PRL_SAMPLE_RATE = 16000
@@ -45,7 +47,9 @@ class UpstreamExpert(nn.Module):
         return self.downsample_rate
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
-        out = self.model.extract_features([w.view(-1) for w in wavs], sample_rate=S3PRL_SAMPLE_RATE)
+        wavs = [mono(w, i) for i, w in enumerate(wavs)]
+        check_finite_batch(wavs)
+        out = self.model.extract_features(wavs, sample_rate=S3PRL_SAMPLE_RATE)
         states = out.hidden_states
         if self.regrid:
             frames = max(1, int(round(max(w.numel() for w in wavs) / self.downsample_rate)))
@@ -58,8 +62,22 @@ class UpstreamExpert(nn.Module):
         return {"hidden_states": states, "last_hidden_state": states[-1]}
 
 
-def upstream_options(model_config) -> Dict[str, str]:
-    """s3prl's ``-g``: ``key=value[,key=value]`` or a YAML file of them; only ``features`` is known."""
+def mono(wav: torch.Tensor, index: int) -> torch.Tensor:
+    """s3prl hands 1-D waveforms; (1, S) is taken as one channel. Anything else (a (2, S) stereo
+    pair) is refused: flattened, it would become one signal twice as long."""
+    if wav.dim() == 2 and wav.size(0) == 1:
+        wav = wav[0]
+    if wav.dim() != 1:
+        raise ValueError(
+            f"wavs[{index}] has shape {tuple(wav.shape)}: the audio_ssl upstream takes mono 1-D waveforms "
+            f"(s3prl's contract); mix the channels down or pick one first"
+        )
+    return wav
+
+
+def upstream_options(model_config) -> Dict[str, object]:
+    """s3prl's ``-g``: ``key=value[,key=value]`` or a YAML file of them: ``features`` and
+    ``trust_checkpoint`` (see ``audio_ssl_ext/checkpoint_io.py``)."""
     if not model_config:
         return {}
     if os.path.isfile(model_config):
@@ -73,7 +91,12 @@ def upstream_options(model_config) -> Dict[str, str]:
         if any(not sep for _, sep, _ in pairs):
             raise ValueError(f"-g {model_config!r}: expected features=NAME or a YAML file")
         options, where = {k.strip(): v.strip() for k, _, v in pairs}, f"-g {model_config!r}"
-    unknown = sorted(set(options) - {"features"})
+    unknown = sorted(set(options) - {"features", "trust_checkpoint"})
     if unknown:
-        raise ValueError(f"{where}: unknown upstream options {unknown}; the audio_ssl upstream knows 'features'")
+        raise ValueError(f"{where}: unknown upstream options {unknown}; the audio_ssl upstream knows 'features' and 'trust_checkpoint'")
+    if "trust_checkpoint" in options:
+        trust = str(options["trust_checkpoint"]).lower()
+        if trust not in ("true", "false"):
+            raise ValueError(f"{where}: trust_checkpoint must be true or false, got {options['trust_checkpoint']!r}")
+        options["trust_checkpoint"] = trust == "true"
     return options

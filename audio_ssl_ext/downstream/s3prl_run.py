@@ -9,20 +9,29 @@ mechanism: ``-u NAME`` is looked up as an attribute of ``s3prl.hub``, so this mo
 installed s3prl needs on a machine like ours:
 
 - ``--device cpu`` unless given, when there is no CUDA (s3prl's default is cuda);
-- ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` (``-m evaluate`` reloads s3prl's own pickled
-  checkpoints, refused by torch >= 2.6's weights-only default);
+- s3prl's own checkpoints (``-m evaluate``, ``-e``/``--init_ckpt`` resume) hold its arguments as
+  an ``argparse.Namespace``, which torch >= 2.6's weights-only default refuses. The runner runs
+  inside torch's ``safe_globals([argparse.Namespace])`` context, so they load weights-only with
+  that one data class allowed. Nothing is set for other processes (no
+  ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``), and our upstream reads its checkpoint through
+  ``audio_ssl_ext/checkpoint_io.py`` as everywhere (``-g trust_checkpoint=true`` to opt out);
 - the voxceleb1 downstream caches its file lists inside site-packages
   (``s3prl/downstream/voxceleb1/.cache``) whatever the data path: they are cleared first, so a
   run never trains on another run's files. The file lists are rebuilt from ``meta_data``.
 - the s3prl wheel ships no downstream config files: pass ``-c CONFIG``.
 """
 
+import argparse
 import logging
 import os
 import shutil
 import sys
 
 logger = logging.getLogger("audio_ssl_ext.s3prl_run")
+
+
+# What s3prl's checkpoints hold besides tensors and plain containers (measured on dev-best.ckpt).
+S3PRL_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
 
 def audio_ssl(ckpt: str, model_config: str = None, *args, **kwargs):
@@ -44,7 +53,6 @@ def _argument(argv, *names):
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     import torch
 
     if _argument(argv, "--device") is None and not torch.cuda.is_available():
@@ -63,7 +71,8 @@ def main(argv=None) -> None:
             shutil.rmtree(cache)
     s3prl.hub.audio_ssl = audio_ssl
     sys.argv = [sys.argv[0]] + argv
-    run_downstream.main()
+    with torch.serialization.safe_globals(S3PRL_CHECKPOINT_GLOBALS):
+        run_downstream.main()
 
 
 if __name__ == "__main__":

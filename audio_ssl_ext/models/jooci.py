@@ -167,11 +167,13 @@ class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
             return
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model.content_checkpoint={path}: file not found")
-        # fairseq checkpoints pickle their config: load only checkpoints you trust.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        from audio_ssl_ext.checkpoint_io import check_finite_weights, load_checkpoint
+
+        checkpoint = load_checkpoint(path)  # weights-only, with fairseq's config classes allowed
         state, saved = checkpoint.get("model"), checkpoint.get("cfg")
         if state is None or saved is None:
             raise KeyError(f"model.content_checkpoint={path}: no 'model' and 'cfg' entries, not a fairseq checkpoint")
+        check_finite_weights(state, path)
         # The conv strides, the sample rate and the waveform normalisation are not in the weights:
         # a checkpoint trained with others would load without a shape error and give wrong frames.
         theirs = ConvFraming.from_configs(saved["model"], saved["task"])
