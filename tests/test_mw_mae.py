@@ -263,6 +263,47 @@ def test_norm_stats_are_the_raw_log_mel_statistics_of_every_frame(tmp_path, caps
     assert float(values["model.norm_std"]) == pytest.approx(std, rel=1e-5)
 
 
+NEW_MODEL_FIELDS = ("n_fft", "center_padding", "normalization", "norm_mean", "norm_std", "chunk_padding",
+                    "use_cls_token", "trainable_pos_embed")
+
+
+@pytest.mark.parametrize("config", ["mwmae/mae_tiny.yaml", "audiojepa/tiny.yaml"])
+def test_a_checkpoint_from_before_the_fidelity_fields_loads_as_it_was_trained(tmp_path, config):
+    """A saved config without the new fields gets what that code trained with: 512-point FFT,
+    zero-padded centring, each input standardized on its own, no CLS token, fixed positions; its
+    extraction now standardizes each chunk as its training standardized each crop."""
+    from omegaconf import OmegaConf
+
+    from audio_ssl_ext.downstream.load import load_model
+    from tests.utils import write_untrained_checkpoint
+
+    path = str(tmp_path / "old.pt")
+    write_untrained_checkpoint(os.path.join(REPO_ROOT, "examples", config), path,
+                               overrides=["model.use_cls_token=false", "model.trainable_pos_embed=false"]
+                               if "mae" in config else [])
+    state = torch.load(path, weights_only=False)
+    cfg = state["cfg"] if isinstance(state["cfg"], dict) else OmegaConf.to_container(state["cfg"])
+    for key in NEW_MODEL_FIELDS:
+        cfg["model"].pop(key, None)
+    cfg["task"].pop("clip_seconds")
+    state["cfg"] = cfg
+    torch.save(state, path)
+
+    model = load_model(path).model
+    frontend = model.frontend
+    assert (frontend.logmel.n_fft, frontend.center_padding, frontend.normalization, frontend.chunk_padding) == (
+        512, "zero", "per_crop", "zero"
+    )
+    assert getattr(model, "cls_token", None) is None
+    clip = tones(1, 4.5)
+    frames = frontend.input_frames
+    with torch.no_grad():
+        states = model.hidden_states(clip, torch.tensor([clip.shape[1]]))[-1]
+        crop = frontend(clip[:, frames * 160 - 320 :], crop_start=torch.tensor([2]))  # the second chunk
+        tokens = model.encode_patches(crop.patches, []).reshape(1, frontend.grid[0], -1)
+    torch.testing.assert_close(states[:, frontend.grid[0] : 2 * frontend.grid[0]], tokens, rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------- model
 def test_forward_returns_the_loss_the_model_criterion_expects():
     model = tiny_mw_mae()
