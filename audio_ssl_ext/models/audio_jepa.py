@@ -38,9 +38,11 @@ TARGET_DOMAIN_CHOICES = ChoiceEnum(["audio", "latent", "latent_masked"])
 @dataclass
 class AudioJepaConfig(PatchEncoderConfig):
     """Defaults are the paper's recipe (reference code): ViT-B context encoder, 512-wide 8-block
-    predictor, unstructured masking of 60 % of the patches, audio-domain targets."""
+    predictor, unstructured masking of 60 % of the patches, audio-domain targets; the input's
+    normalization and FFT defaults are those of older checkpoints (LogMelPatchesConfig), the
+    recipes set the reference's."""
 
-    # input: standardized log-mel patches (the paper: 80 mels, 25 ms / 10 ms at 16 kHz, 16 x 16);
+    # input: normalized log-mel patches (the paper: 80 mels, 25 ms / 10 ms at 16 kHz, 16 x 16);
     # the other input fields and their defaults come from LogMelPatchesConfig
     input_frames: int = field(
         default=208,

@@ -374,8 +374,10 @@ class PatchEncoderFeatures(Learner):
     returning the last one through the encoder's final norm.
 
     Features, as the papers extract them: the unmasked encoder over ``input_frames`` chunks of
-    the whole clip (standardized as a whole), each time step's frequency patches concatenated,
-    chunks concatenated in time. The model chunks, so a wrapper need not (``feature_chunking``).
+    the whole clip (``LogMelPatches.chunks``: each chunk normalized as a training crop there
+    would be), each time step's frequency patches concatenated, chunks concatenated in time. The
+    model chunks, so a wrapper need not (``feature_chunking``). A CLS token, where a model has
+    one, is never part of the features: ``encode_patches`` returns patch tokens only.
     """
 
     # An output step groups patch_time centred frames; it is stamped with its first frame's
