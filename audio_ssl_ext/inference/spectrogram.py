@@ -1,0 +1,56 @@
+"""The spectrogram family (MW-MAE, its MAE baseline, Audio-JEPA) for inference: log-mel patches
+(``modules/spectrogram_frontend.LogMelPatches``) -> patch embedding with fixed 2-D positions
+(``modules/patches.py``) -> the ViT encoder (``modules/vit.py``, multi-window attention where the
+encoder was trained with it). The feature interface is the training models' own
+(``PatchEncoderFeatures``); what a learner adds for pre-training (decoder, predictor, EMA target
+encoder) is left out.
+
+Weights use MW-MAE's names (``patch_embed.*``, ``encoder.*``); Audio-JEPA's context encoder holds
+the same modules one level down (``encoder.patch_embed``, ``encoder.transformer``), which
+``trained_name`` maps.
+"""
+
+from types import SimpleNamespace
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from ..modules.multi_window_attention import MultiWindowAttention
+from ..modules.patches import PatchEmbedding
+from ..modules.spectrogram_frontend import LogMelPatches, PatchEncoderFeatures
+from ..modules.vit import Attention, TransformerStack
+
+
+class SpectrogramModel(PatchEncoderFeatures, nn.Module):
+    def __init__(self, model_cfg: Dict, task_cfg: Dict):
+        super().__init__()
+        cfg = SimpleNamespace(**model_cfg)
+        self.frontend = LogMelPatches.from_config(cfg)
+        dim, heads = int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads)
+        windows: Optional[List[int]] = model_cfg.get("encoder_attention_windows")
+        self.patch_embed = PatchEmbedding(self.frontend.patch_dim, dim, self.frontend.grid)
+        self.encoder = TransformerStack(
+            dim, int(cfg.encoder_layers),
+            (lambda _: MultiWindowAttention(dim, windows)) if windows else (lambda _: Attention(dim, heads)),
+            float(cfg.mlp_ratio),
+        )
+
+    def encode_patches(self, patches: torch.Tensor, layer_results: List[torch.Tensor]) -> torch.Tensor:
+        return self.encoder(self.patch_embed(patches), layer_results)
+
+    def hidden_state_names(self) -> List[str]:
+        names = [f"block {i + 1}" for i in range(len(self.encoder.blocks))]
+        names[-1] += " (through the final norm)"
+        return names
+
+    @staticmethod
+    def trained_name(name: str, state: Dict[str, torch.Tensor]) -> str:
+        """The name of this module's parameter ``name`` in a trained model's state dict."""
+        if name in state:
+            return name
+        if name.startswith("patch_embed."):
+            return "encoder." + name
+        if name.startswith("encoder."):
+            return "encoder.transformer." + name[len("encoder."):]
+        return name
