@@ -24,10 +24,13 @@ setup(
         "omegaconf>=2.3,<2.4",
         "tensorboardX",
         "tqdm",
+        "safetensors>=0.4",  # load_model reads exported folders (no pickle)
     ],
     extras_require={
         # faiss-gpu users install their own build; faiss-cpu is the default of `make setup`.
         "cpu": ["faiss-cpu>=1.7"],
-        "test": ["pytest>=7", "librosa>=0.10"],
+        # AutoModel.from_pretrained over an exported folder (the export and load_model need only safetensors)
+        "export": ["transformers>=4.40,<5"],
+        "test": ["pytest>=7", "librosa>=0.10", "transformers>=4.40,<5"],
     },
 )
