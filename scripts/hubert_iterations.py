@@ -83,8 +83,10 @@ def main(argv=None) -> int:
             return 0
         reference = reference_labels(args.demo_corpus, args.reference_name) if args.demo_corpus else None
         checkpoints = run_iterations(cfg, reference)
+    # ValueError: also the checkpoint loader's CheckpointError, when iteration i > 1 reads its model.
     except (
-        IterationsError, ShardError, KMeansError, LabelError, AudioInputError, ManifestError, DemoCorpusError, DurableError
+        IterationsError, ShardError, KMeansError, LabelError, AudioInputError, ManifestError, DemoCorpusError,
+        DurableError, ValueError,
     ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

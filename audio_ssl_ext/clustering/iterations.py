@@ -10,7 +10,7 @@ under ``work_dir/iter{i}/``::
     features/{train,valid}_0_1.{npy,len,json}   kmeans.npy + kmeans.json
     labels/{train,valid}.km + dict.km.txt       checkpoints/ (+ hydra_train.log)   tb/
     train.log (the whole output of training)    train.done
-    quality.json (with reference frame labels)  params.json (what this iteration was asked for)
+    quality.json (with reference frame labels)  params.json (what each stage was made from)
 
 The terminal shows the stages, progress bars and where the outputs went; the training output
 (fairseq's config dump, hydra's warnings, every logged update) goes to ``train.log`` only.
@@ -205,6 +205,8 @@ def source_record(cfg: IterationsConfig, iteration: int) -> dict:
     if iteration == 1:
         return {"kind": "frontend", "name": cfg.first_feature, "frame_rate": cfg.first_frame_rate, "sample_rate": cfg.sample_rate}
     checkpoint = last_checkpoint(cfg, iteration - 1)
+    if not os.path.isfile(checkpoint):
+        raise IterationsError(f"{checkpoint}: iteration {iteration - 1} has no checkpoint")
     return {"kind": "checkpoint", "checkpoint_sha256": sha256_file(checkpoint), "layer": layer_of(cfg, checkpoint)}
 
 
