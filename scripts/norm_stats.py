@@ -6,9 +6,11 @@
 
 Computes the mean and standard deviation of the raw log-mel of every frame of the files in
 MANIFEST (a train.tsv), on the frame grid of the config's model (its n_fft, centring and mel
-bands; its normalization fields are ignored), and prints the two overrides to train with, e.g.
+bands; its normalization fields are ignored), and prints the overrides to train with, e.g.
 
-    model.norm_mean=-7.0633 model.norm_std=4.1971
+    model.normalization=dataset ++model.norm_mean=-7.0633 ++model.norm_std=4.1971
+
+(hydra's ``++`` sets a key whether or not the config names it).
 
 They go into the config, hence into every checkpoint, so extraction uses them too.
 ``--max-files`` takes a seeded random subset of the files (the reference sampled 10,000).
@@ -55,7 +57,7 @@ def main(argv=None):
     progress = tqdm(entries.tolist(), desc="log-mel statistics", unit="file")
     mean, std, values = logmel_statistics(frontend, manifest, progress)
     print(f"{len(entries)} files, {values // frontend.logmel.n_mels} frames: mean {mean:.6g}, std {std:.6g}")
-    print(f"model.norm_mean={mean:.6g} model.norm_std={std:.6g}")
+    print(f"model.normalization=dataset ++model.norm_mean={mean:.6g} ++model.norm_std={std:.6g}")
 
 
 if __name__ == "__main__":

@@ -259,8 +259,9 @@ def test_norm_stats_are_the_raw_log_mel_statistics_of_every_frame(tmp_path, caps
     script.main(["--config-dir", os.path.join(REPO_ROOT, "examples", "mwmae"), "--config-name", "tiny", str(tmp_path / "train.tsv")])
     override = capsys.readouterr().out.strip().splitlines()[-1]
     values = dict(item.split("=") for item in override.split())
-    assert float(values["model.norm_mean"]) == pytest.approx(mean, rel=1e-5)
-    assert float(values["model.norm_std"]) == pytest.approx(std, rel=1e-5)
+    assert values["model.normalization"] == "dataset"
+    assert float(values["++model.norm_mean"]) == pytest.approx(mean, rel=1e-5)
+    assert float(values["++model.norm_std"]) == pytest.approx(std, rel=1e-5)
 
 
 NEW_MODEL_FIELDS = ("n_fft", "center_padding", "normalization", "norm_mean", "norm_std", "chunk_padding",

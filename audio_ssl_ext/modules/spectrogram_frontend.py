@@ -202,7 +202,7 @@ class LogMelPatches(nn.Module):
                 raise ValueError(
                     "model.normalization=dataset needs model.norm_mean and model.norm_std: compute them "
                     "over your training manifest with `python scripts/norm_stats.py --config-dir DIR "
-                    "--config-name NAME MANIFEST`, which prints the two overrides"
+                    "--config-name NAME MANIFEST`, which prints the overrides"
                 )
             if not (math.isfinite(norm_mean) and math.isfinite(norm_std) and norm_std > 0):
                 raise ValueError(f"model.norm_mean={norm_mean}, model.norm_std={norm_std}: need finite numbers, std > 0")
