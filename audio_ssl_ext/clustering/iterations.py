@@ -227,9 +227,7 @@ def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[Ref
     features = {"manifests_sha256": {s: sha256_file(m) for s, m in manifests.items()}, "source": source_record(cfg, iteration)}
     dumped = [split for split in SPLITS if shard_exists(feat_dir, split, 0, 1)]
     if provenance.stage("features", features, bool(dumped)):
-        provenance.check_output("features", lambda: [
-            (read_shards(feat_dir, split, 1), check_shards(feat_dir, split, 1, manifests[split])) for split in dumped
-        ])
+        provenance.check_output("features", lambda: [check_features(feat_dir, split, manifests[split]) for split in dumped])
         logger.info(f"iteration {iteration}: features of {', '.join(dumped)} in {feat_dir} reused")
     if len(dumped) < len(SPLITS):
         source = feature_source(cfg, iteration)
@@ -267,8 +265,10 @@ def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[Ref
         if split not in labelled:
             apply_kmeans(feat_dir, split, 1, km_path, label_dir, LABEL_NAME, manifests[split], progress=cfg.progress)
 
-    if reference is not None and not quality_is_current(directory, reference):
-        write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference)
+    if reference is not None:
+        labels_sha256 = sha256_file(os.path.join(label_dir, f"train.{LABEL_NAME}"))
+        if not quality_is_current(directory, reference, labels_sha256):
+            write_quality(cfg, directory, label_dir, label_rate, n_clusters, reference, labels_sha256)
 
     training = {
         "labels": digest(labels), "config_name": cfg.config_name,
@@ -283,6 +283,12 @@ def run_iteration(cfg: IterationsConfig, iteration: int, reference: Optional[Ref
         train(cfg, directory, label_dir, label_rate)
         atomic_write_text(done, "")
     return last_checkpoint(cfg, iteration)
+
+
+def check_features(feat_dir: str, split: str, manifest: str) -> None:
+    read_shards(feat_dir, split, 1)
+    if check_shards(feat_dir, split, 1, manifest) is None:
+        raise ShardError(f"{feat_dir}: no {split}_0_1.json next to the shard (its manifest, source and rates)")
 
 
 def check_kmeans(km_path: str, n_clusters: int, dim: int) -> None:
@@ -330,18 +336,30 @@ def train(cfg: IterationsConfig, directory: str, label_dir: str, label_rate: flo
         raise IterationsError(f"training finished without {directory}/checkpoints/checkpoint_last.pt")
 
 
-def quality_is_current(directory: str, reference: ReferenceLabels) -> bool:
-    """quality.json exists and was scored against this reference (a rerun may bring another)."""
+def quality_is_current(directory: str, reference: ReferenceLabels, labels_sha256: str) -> bool:
+    """quality.json exists and scored these labels against this reference (a rerun may bring
+    another reference, and redone labels are other labels)."""
     path = os.path.join(directory, "quality.json")
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        saved = json.load(f)
-    return (saved.get("reference"), saved.get("reference_source")) == (reference.name, reference.where)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except ValueError:
+        return False  # rewritten below
+    return (saved.get("reference"), saved.get("reference_source"), saved.get("labels_sha256")) == (
+        reference.name, reference.where, labels_sha256
+    )
 
 
 def write_quality(
-    cfg: IterationsConfig, directory: str, label_dir: str, label_rate: float, n_clusters: int, reference: ReferenceLabels
+    cfg: IterationsConfig,
+    directory: str,
+    label_dir: str,
+    label_rate: float,
+    n_clusters: int,
+    reference: ReferenceLabels,
+    labels_sha256: str,
 ) -> None:
     manifest = read_manifest(os.path.join(cfg.manifest_dir, "train.tsv"))
     labels = read_label_lines(os.path.join(label_dir, f"train.{LABEL_NAME}"), manifest)
@@ -350,7 +368,9 @@ def write_quality(
     aligned = align_references(labels, label_rate, references, reference.rate, names)
     report = cluster_quality(labels, n_clusters, aligned)
     path = os.path.join(directory, "quality.json")
-    atomic_write_json(path, {"reference": reference.name, "reference_source": reference.where, **report.as_dict()})
+    atomic_write_json(path, {
+        "reference": reference.name, "reference_source": reference.where, "labels_sha256": labels_sha256, **report.as_dict()
+    })
     logger.info(f"{os.path.basename(directory)}: train labels vs {reference.name}: {report.format()} ({path})")
 
 

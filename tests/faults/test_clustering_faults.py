@@ -174,6 +174,25 @@ def test_an_existing_output_that_fails_its_check_is_refused_with_its_stage(tones
         run_iterations(cfg)
 
 
+def test_labels_made_again_are_scored_again(tones, tmp_path, fake_training):
+    from audio_ssl_ext.clustering.quality import ReferenceLabels
+
+    files = read_manifest(os.path.join(tones, "train.tsv")).files
+    reference = ReferenceLabels("tone", {f: np.full(50, i % 2) for i, f in enumerate(files)}, 100.0, "test")
+    run_iterations(config(tones, tmp_path), reference)
+    quality = os.path.join(tmp_path, "work", "iter1", "quality.json")
+    first = json.load(open(quality))["labels_sha256"]
+    # as if the k-means and the labels were deleted and made again with another seed
+    for name in ("kmeans.npy", "kmeans.json", "labels", "checkpoints", "train.done"):
+        shutil.rmtree(tmp_path / "work" / "iter1" / name, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp_path / "work" / "iter1" / name)
+    run_iterations(config(tones, tmp_path, seed=5), reference)
+    labels = tmp_path / "work" / "iter1" / "labels" / "train.km"
+    assert iterations.sha256_file(str(labels)) != first  # other labels (a permutation at least)
+    assert json.load(open(quality))["labels_sha256"] == iterations.sha256_file(str(labels))
+
+
 # --- 2. shard metadata checked wherever shards are read --------------------------------------
 
 
