@@ -10,7 +10,9 @@ stamped with the frame's centre in milliseconds; ``get_scene_embeddings`` is the
 ``layer`` is an index into the hidden states (0 = the encoder's input, -1 = the last layer),
 ``"last"``, or ``"mean"`` (the average of all hidden states). ``features`` picks the set of hidden
 states of a learner that has several; ``scene="utterance"`` makes the scene embedding the model's
-pooled utterance embedding (where it has one) instead of the mean of the timestamp embeddings. HEAR accepts 16000, 22050, 44100 or
+pooled utterance embedding (where it has one) instead of the mean of the timestamp embeddings.
+``trust_checkpoint=True`` reads a checkpoint holding classes outside the safe-loading allow-list
+(``audio_ssl_ext/checkpoint_io.py``) with the full unpickler. HEAR accepts 16000, 22050, 44100 or
 48000 Hz: a model trained at another rate (24 kHz, as MERT) declares 16000 and resamples inside.
 """
 
@@ -19,6 +21,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
+from audio_ssl_ext.data.audio import check_finite_batch
 from audio_ssl_ext.downstream.load import DownstreamModel
 from audio_ssl_ext.downstream.load import load_model as load_downstream_model
 
@@ -47,6 +50,7 @@ class HearModel(nn.Module):
         """(B, S) audio at ``sample_rate`` -> (B, F, D) embeddings and (B,) real frames."""
         if audio.dim() != 2:
             raise ValueError(f"HEAR audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        check_finite_batch(audio, "audio")
         out = self.model.extract_features(audio, sample_rate=self.sample_rate)
         if self.layer == "mean":
             states = torch.stack(out.hidden_states).mean(dim=0)
@@ -75,12 +79,13 @@ def load_model(
     device: str = "cpu",
     features: Optional[str] = None,
     scene: str = "mean",
+    trust_checkpoint: bool = False,
 ) -> HearModel:
     if not model_file_path:
         raise ValueError(
             "audio_ssl_ext.hear.load_model needs a checkpoint: hear-validator audio_ssl_ext.hear -m CKPT"
         )
-    model = load_downstream_model(model_file_path, device=device, features=features)
+    model = load_downstream_model(model_file_path, device=device, features=features, trust_checkpoint=trust_checkpoint)
     return HearModel(model, layer=layer, scene=scene)
 
 
@@ -99,6 +104,7 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     if model.scene == "utterance":
+        check_finite_batch(audio, "audio")
         return model.model.utterance_embedding(audio, sample_rate=model.sample_rate).to(audio.device)
     # HEAR batches hold clips of one length, so every frame is real; the mask is for safety.
     embeddings, lengths = model.embeddings(audio)

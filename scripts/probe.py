@@ -7,7 +7,8 @@
 
 Every sub-folder of --tasks-dir holding a task_metadata.json is a task (scripts/build_eval_tasks.py
 writes them). Each checkpoint also brings its random-init twin ("NAME (random init)": the same
-config with fresh weights); "log-mel stats" is always included. ``--features NAME=SET`` picks the
+config with fresh weights); "log-mel stats" is always included. A checkpoint is named by NAME= or
+its file name; two of one name are refused (name them apart). ``--features NAME=SET`` picks the
 hidden states of a learner that has several (JOOCI: content, other, both), or ``utterance`` for
 its pooled utterance embedding; the same checkpoint may be named twice with different sets. Writes probe.json, probe.md and
 probe.png to --out and prints the table. See audio_ssl_ext/downstream/probe.py for the protocol.
@@ -19,7 +20,10 @@ import os
 
 from audio_ssl_ext.downstream.load import load_model
 from audio_ssl_ext.downstream.probe import (
+    LOGMEL_NAME,
+    RANDOM_INIT_SUFFIX,
     ProbeConfig,
+    check_model_names,
     checkpoint_embedder,
     utterance_embedder,
     logmel_statistics_embedder,
@@ -57,6 +61,9 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=500)
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read checkpoints that hold classes outside the safe-loading allow-list with the full "
+                             "unpickler, which can run code from the file (audio_ssl_ext/checkpoint_io.py)")
     parser.add_argument("--out", default="results/probe")
     args = parser.parse_args()
     # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
@@ -67,6 +74,10 @@ def main() -> None:
                    if os.path.isfile(os.path.join(args.tasks_dir, d, "task_metadata.json")))
     if not tasks:
         parser.error(f"{args.tasks_dir}: no task folders (run scripts/build_eval_tasks.py first)")
+    try:
+        check_model_names(args.checkpoint)
+    except ValueError as err:
+        parser.error(str(err))
     features = dict(args.features)
     unknown = sorted(set(features) - {name for name, _ in args.checkpoint})
     if unknown:
@@ -74,13 +85,13 @@ def main() -> None:
     embedders = {}
     for name, path in args.checkpoint:
         choice = features.get(name)
-        for suffix, random_init in (("", False), (" (random init)", True)):
+        for suffix, random_init in (("", False), (RANDOM_INIT_SUFFIX, True)):
             if random_init and args.no_random_init:
                 continue
             model = load_model(path, device=args.device, random_init=random_init,
-                               features=None if choice == "utterance" else choice)
+                               features=None if choice == "utterance" else choice, trust_checkpoint=args.trust_checkpoint)
             embedders[name + suffix] = utterance_embedder(model) if choice == "utterance" else checkpoint_embedder(model)
-    embedders["log-mel stats"] = logmel_statistics_embedder()
+    embedders[LOGMEL_NAME] = logmel_statistics_embedder()
     cfg = ProbeConfig(seeds=args.seeds, layer=args.layer, max_epochs=args.max_epochs, patience=args.patience)
     results = run_probe(tasks, embedders, cfg)
     paths = write_results(results, args.out)

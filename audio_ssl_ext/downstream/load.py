@@ -31,6 +31,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from audio_ssl_ext.checkpoint_io import CheckpointError, check_finite_weights, load_checkpoint  # noqa: F401
 from audio_ssl_ext.inference.extractor import (  # noqa: F401  (re-exported: the wrapper's home is inference/)
     DownstreamModel,
     HiddenStates,
@@ -44,10 +45,6 @@ from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeat
 from audio_ssl_ext.modules.learner import Learner
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """The file is not a checkpoint this package can turn into a feature extractor."""
 
 
 class FairseqWaveformModel(ConvTransformerFeatures, nn.Module):
@@ -99,21 +96,15 @@ class FairseqWaveformModel(ConvTransformerFeatures, nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str) -> dict:
-    """The checkpoint dict with ``cfg`` as an omegaconf DictConfig (as fairseq's loader gives it).
-
-    fairseq checkpoints hold pickled configs, so torch's weights-only loading (the default since
-    torch 2.6) cannot read them: load only checkpoints you trust.
+def read_checkpoint(path: str, trust_checkpoint: bool = False) -> dict:
+    """The checkpoint dict with ``cfg`` as an omegaconf DictConfig (as fairseq's loader gives it),
+    read weights-only with the allow-list of ``audio_ssl_ext/checkpoint_io.py`` (the full
+    unpickler only with ``trust_checkpoint=True``).
     """
     from fairseq import checkpoint_utils
     from omegaconf import DictConfig, OmegaConf
 
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise CheckpointError(f"{path}: cannot read it as a torch checkpoint ({err})") from err
+    state = load_checkpoint(path, trust_checkpoint)
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
     if state.get("cfg") is None:
@@ -157,6 +148,7 @@ def load_model(
     chunk_seconds: Optional[float] = None,
     task_overrides: Optional[dict] = None,
     features: Optional[str] = None,
+    trust_checkpoint: bool = False,
 ) -> DownstreamModel:
     """A checkpoint this package trains (or a fairseq wav2vec 2.0 / HuBERT / data2vec one), or a
     folder exported from one, -> a frozen ``DownstreamModel`` on ``device``.
@@ -166,12 +158,14 @@ def load_model(
     (default: the model's). ``task_overrides`` changes fields of the saved task config, e.g.
     the label_dir of a HuBERT-style model whose dictionaries moved. ``features`` picks the set of
     hidden states of a learner that has several (its recipe lists them; an exported folder's
-    default is the one it was exported with).
+    default is the one it was exported with). ``trust_checkpoint=True`` reads a checkpoint that
+    refers to classes outside the allow-list of ``audio_ssl_ext/checkpoint_io.py`` with the full
+    unpickler, which runs code from the file: only for files whose maker you trust.
     """
     if os.path.isdir(path):
         model, name = load_exported_folder(path, random_init, task_overrides)
     else:
-        model, name = load_fairseq_checkpoint(path, random_init, seed, task_overrides)
+        model, name = load_fairseq_checkpoint(path, random_init, seed, task_overrides, trust_checkpoint)
     model.eval()
     model.to(device)
     for p in model.parameters():
@@ -184,17 +178,20 @@ def load_model(
     return wrapped
 
 
-def load_fairseq_checkpoint(path: str, random_init: bool, seed: int, task_overrides: Optional[dict]):
+def load_fairseq_checkpoint(
+    path: str, random_init: bool, seed: int, task_overrides: Optional[dict], trust_checkpoint: bool = False
+):
     """(model with the feature interface, model name) from a fairseq checkpoint."""
     import audio_ssl_ext  # noqa: F401  (registers our models and tasks with fairseq)
 
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, trust_checkpoint)
     cfg = state["cfg"]
     task = build_task(cfg, path, task_overrides)
     if random_init:
         torch.manual_seed(seed)
     model = task.build_model(cfg.model)
     if not random_init:
+        check_finite_weights(state["model"], path)
         try:
             model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
         except RuntimeError as err:
