@@ -123,3 +123,12 @@ def test_s3prl_runner_trains_speaker_id_over_our_upstream(checkpoint, tmp_path, 
     saved = torch.load(expdir / "dev-best.ckpt", map_location="cpu", weights_only=False)
     assert saved["Featurizer"]["weights"].shape == (3,)  # s3prl learned a weighting of our 3 states
     assert saved["Args"].upstream == "audio_ssl"
+    # s3prl's evaluate reloads its own checkpoint with torch's weights-only default: it works
+    # without TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD (s3prl_run allows argparse.Namespace, nothing more).
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    command = [sys.executable, "-m", "audio_ssl_ext.downstream.s3prl_run", "-m", "evaluate",
+               "-e", str(expdir / "dev-best.ckpt"), "-t", "test"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(env, CUDA_VISIBLE_DEVICES=""))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "test acc" in log, log[-4000:]
