@@ -391,3 +391,28 @@ def test_fairseq_hydra_train_tiny_with_a_variant_overlay(demo_manifest_dir, tmp_
     log = (tmp_path / "run" / "checkpoints" / "hydra_train.log").read_text()
     # tiny's model with the overlay's masking (an enum: logged without quotes)
     assert "'masking': time," in log and "'encoder_embed_dim': 64," in log
+
+
+def test_the_recipe_frontend_is_the_references_nnaudio_log_mel():
+    """examples/audiojepa's frontend (n_fft 400, reflected centring) against the reference's own,
+    nnAudio's MelSpectrogram as src/wav_to_lms.py builds it, before normalization; only the log
+    floor differs (theirs log(power + 1.19e-7), ours log(max(power, 1e-6))), so compare above it."""
+    from nnAudio.features import MelSpectrogram
+
+    reference = MelSpectrogram(
+        sr=SAMPLE_RATE, n_fft=400, win_length=400, hop_length=160, n_mels=80, fmin=50, fmax=8000,
+        center=True, pad_mode="reflect", power=2.0, verbose=False,
+    )
+    frontend = LogMelPatches(input_frames=208, patch_time=16, n_fft=400, center_padding="reflect")
+    wave = synthetic_batch(1, 20000)
+    with torch.no_grad():
+        theirs = (reference(wave)[0].T + torch.finfo(torch.float32).eps).log()  # (frames, mels)
+        ours, _ = frontend.frames(wave)
+    assert ours[0].shape == theirs.shape == (1 + 20000 // 160, 80)
+    loud = theirs > math.log(1e-6) + 2
+    assert loud.float().mean() > 0.9
+    error = (ours[0] - theirs).abs() * loud
+    # nnAudio's float32 convolution STFT rounds the weakest bins of a few frames (up to 6e-3 here).
+    assert error.mean() < 1e-4 and error.max() < 1e-2, (error.mean(), error.max())
+    # The clip's ends, where reflected (not zero) padding fills half of the first and last windows.
+    assert error[[0, 1, -2, -1]].max() < 2e-3, error[[0, 1, -2, -1]].max()
