@@ -43,7 +43,10 @@ class CheckpointError(ValueError):
 
 
 def _numpy_globals() -> List[Union[type, tuple]]:
-    from numpy._core import multiarray
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
 
     dtypes = [type(np.dtype(code)) for code in ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16")]
     # Files written under numpy 1.x name numpy.core.multiarray; numpy 2 renamed it numpy._core.

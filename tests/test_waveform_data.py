@@ -134,3 +134,19 @@ def test_bad_label_files_are_refused(tmp_path, case, message):
         os.remove(tmp_path / "dict.km.txt")
     with pytest.raises(LabelError, match=message):
         load_label_set(str(tmp_path), "train", "km", manifest, SR, 50)
+
+
+def test_normalize_is_over_each_crops_real_samples(tmp_path):
+    # Ramps of different lengths: the whole file and the crop have different statistics, so
+    # normalising the file first would leave the crop's mean away from 0.
+    manifest = write_corpus(tmp_path, [40000, 6000])
+    dataset = WaveformDataset(manifest, SR, max_sample_size=8000, pad_audio=True, normalize=True, seed=2)
+    batch = dataset.collater([dataset[0], dataset[1]])
+    source, padding = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
+    start = dataset.crop_start(0, 40000, 8000)
+    ramp = torch.arange(start, start + 8000, dtype=torch.float32) / 1e5
+    torch.testing.assert_close(source[0], (ramp - ramp.mean()) / (ramp.var(unbiased=False) + 1e-5).sqrt(), atol=1e-4, rtol=1e-4)
+    whole = torch.arange(6000, dtype=torch.float32) / 1e5  # shorter than the batch: all of it, padded
+    assert padding[1].tolist() == [False] * 6000 + [True] * 2000
+    torch.testing.assert_close(source[1, :6000], (whole - whole.mean()) / (whole.var(unbiased=False) + 1e-5).sqrt(), atol=1e-4, rtol=1e-4)
+    assert torch.all(source[1, 6000:] == 0)

@@ -27,7 +27,9 @@ def describe_source(path: str, manifest: Optional[str] = None, line: Optional[in
     return f"{manifest}, line {line}: {path}"
 
 
-def _open(path: str, where: str, expected_sample_rate: Optional[int], expected_length: Optional[int]):
+def _open(path: str, manifest: Optional[str], line: Optional[int], expected_sample_rate: Optional[int],
+          expected_length: Optional[int]):
+    where = describe_source(path, manifest, line)
     if not os.path.isfile(path):
         raise AudioInputError(f"{where}: audio file not found")
     try:
@@ -36,10 +38,8 @@ def _open(path: str, where: str, expected_sample_rate: Optional[int], expected_l
         raise AudioInputError(f"{where}: cannot read audio ({err})") from err
     if expected_sample_rate is not None and audio.samplerate != expected_sample_rate:
         audio.close()
-        raise AudioInputError(
-            f"{where}: sample rate is {audio.samplerate} Hz, the task expects {expected_sample_rate} Hz "
-            f"(rebuild the manifest with scripts/make_manifest.py --sample-rate {expected_sample_rate})"
-        )
+        fix = f"rebuild the manifest with scripts/make_manifest.py --sample-rate {expected_sample_rate}" if manifest else "resample it"
+        raise AudioInputError(f"{where}: sample rate is {audio.samplerate} Hz, the task expects {expected_sample_rate} Hz ({fix})")
     if expected_length is not None and audio.frames != expected_length:
         audio.close()
         raise AudioInputError(
@@ -56,7 +56,7 @@ def check_audio_file(
     expected_length: Optional[int] = None,
 ) -> None:
     """The checks of ``read_audio`` that need only the file's header (no samples decoded)."""
-    _open(path, describe_source(path, manifest, line), expected_sample_rate, expected_length).close()
+    _open(path, manifest, line, expected_sample_rate, expected_length).close()
 
 
 def check_samples(wav: np.ndarray, where: str, start: int = 0) -> None:
@@ -113,7 +113,7 @@ def read_audio(
     manifest's), or the samples read are not finite or far outside [-1, 1] (``check_samples``).
     """
     where = describe_source(path, manifest, line)
-    with _open(path, where, expected_sample_rate, expected_length) as audio:
+    with _open(path, manifest, line, expected_sample_rate, expected_length) as audio:
         try:
             if start:
                 audio.seek(start)
