@@ -247,15 +247,18 @@ class LogMelPatches(nn.Module):
         else:
             lengths = (~padding_mask).sum(dim=1)
         half = self.logmel.win_length // 2
-        positions = torch.arange(-half, samples + half, device=source.device)[None, :]
-        inside = (positions >= 0) & (positions < lengths[:, None])
-        if self.center_padding == "reflect":
-            index = reflect_index(positions, lengths[:, None])
-            # Reflected samples reach half a window past each end; beyond lies the batch's padding.
-            keep = (positions < lengths[:, None] + half) & (lengths[:, None] > 0)
-        else:
-            index, keep = positions.clamp(0, max(samples - 1, 0)), inside
-        padded = source.gather(1, index.expand(batch, -1)) * keep.to(source.dtype)
+        if padding_mask is not None:
+            source = source.masked_fill(padding_mask, 0.0)
+        padded = nn.functional.pad(source, (half, half))
+        if self.center_padding == "reflect" and half:
+            # Only the half windows at each example's ends are filled, so the index tensors are
+            # (B, half), not the size of the batch.
+            offsets = torch.arange(half, device=source.device)[None, :]
+            real = (lengths > 0)[:, None].to(source.dtype)
+            left = source.gather(1, reflect_index(offsets - half, lengths[:, None])) * real
+            right = source.gather(1, reflect_index(lengths[:, None] + offsets, lengths[:, None])) * real
+            padded[:, :half] = left
+            padded.scatter_(1, half + lengths[:, None] + offsets, right)
         spec = self.logmel(padded)
         # Frame i is centred on sample i * hop, so a clip of L samples owns frames 0 .. L // hop.
         valid_frames = torch.where(lengths > 0, 1 + lengths // self.hop_length, 0).clamp_max(spec.shape[1])
