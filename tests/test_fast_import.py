@@ -22,8 +22,9 @@ class Blocker:
 sys.meta_path.insert(0, Blocker())
 """
 
-# Scripts that prepare data: they must start without fairseq.
-DATA_SCRIPTS = ["make_manifest.py", "make_demo_corpus.py", "build_eval_tasks.py", "learn_kmeans.py"]
+# Scripts that prepare data (and the export's, which imports fairseq only to read a checkpoint):
+# they must start without fairseq.
+DATA_SCRIPTS = ["make_manifest.py", "make_demo_corpus.py", "build_eval_tasks.py", "learn_kmeans.py", "export.py"]
 
 
 def run_python(code: str) -> str:

@@ -105,10 +105,11 @@ def export_checkpoint(
     teacher: bool = False,
     task_overrides: Optional[Dict] = None,
     overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> Dict:
     """Write the folder (see the module docstring); returns its config. ``features`` sets the
-    default hidden states of a learner with several sets (JOOCI); ``task_overrides`` as in
-    ``load_model`` (label dictionaries that moved)."""
+    default hidden states of a learner with several sets (JOOCI); ``task_overrides`` and
+    ``trust_checkpoint`` as in ``load_model``."""
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
 
@@ -116,10 +117,10 @@ def export_checkpoint(
 
     if os.path.exists(out_dir) and os.listdir(out_dir) and not overwrite:
         raise ExportError(f"{out_dir}: exists and is not empty (pass --overwrite to replace its files)")
-    state = read_checkpoint(checkpoint)
+    state = read_checkpoint(checkpoint, trust_checkpoint)
     cfg = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
     model_cfg, task_cfg = dict(cfg["model"]), dict(cfg.get("task") or {})
-    reference = load_model(checkpoint, task_overrides=task_overrides, features=features)
+    reference = load_model(checkpoint, task_overrides=task_overrides, features=features, trust_checkpoint=trust_checkpoint)
     trained = reference.model.model if isinstance(reference.model, FairseqWaveformModel) else reference.model
     family = family_of(reference.model)
     if family == "spectrogram":
@@ -162,7 +163,7 @@ def export_checkpoint(
         "num_hidden_layers": len(names) - 1,
         "hidden_state_names": names,
         "frontend": frontend_fields(family, model_cfg, task_cfg),
-        "num_parameters": sum(w.numel() for w in weights.values()),
+        "num_parameters": sum(p.numel() for p in exported.parameters()),  # buffers (BatchNorm statistics) not counted
         "updates": history[-1].get("num_updates"),
         "train_data": task_cfg.get("data"),
         "export_max_abs_difference": worst,

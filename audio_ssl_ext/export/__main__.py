@@ -20,6 +20,8 @@ def main(argv=None) -> int:
     parser.add_argument("--task", action="append", default=[], metavar="KEY=VALUE",
                         help="override a task field of the checkpoint, e.g. --task label_dir=DIR (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="read a checkpoint outside the weights-only allow-list with the full unpickler (runs code from the file)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.task:
@@ -28,7 +30,8 @@ def main(argv=None) -> int:
             parser.error(f"--task {item!r}: expected KEY=VALUE")
         overrides[key] = value
     try:
-        config = export_checkpoint(args.checkpoint, args.out_dir, args.features, args.teacher, overrides or None, args.overwrite)
+        config = export_checkpoint(args.checkpoint, args.out_dir, args.features, args.teacher, overrides or None,
+                                   args.overwrite, args.trust_checkpoint)
     except (ExportError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

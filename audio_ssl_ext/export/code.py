@@ -54,6 +54,23 @@ def defining_modules(source_module: str, names: List[str]) -> Dict[str, List[str
     return by_module
 
 
+def used_names(node: ast.AST, annotations: bool = False) -> Set[str]:
+    """Names a statement reads: outside annotations (``annotations=False``) or only in them."""
+    found: Set[str] = set()
+
+    def visit(n: ast.AST, in_annotation: bool) -> None:
+        if isinstance(n, ast.Name) and in_annotation == annotations:
+            found.add(n.id)
+        for field, value in ast.iter_fields(n):
+            is_annotation = in_annotation or field in ("annotation", "returns")
+            for child in value if isinstance(value, list) else [value]:
+                if isinstance(child, ast.AST):
+                    visit(child, is_annotation)
+
+    visit(node, False)
+    return found
+
+
 def strip_fairseq(tree: ast.Module) -> Tuple[Set[int], Set[str]]:
     """Top-level statements to drop (their indices) and the names they bound."""
     dropped_names: Set[str] = set()
@@ -72,8 +89,7 @@ def strip_fairseq(tree: ast.Module) -> Tuple[Set[int], Set[str]]:
         for i, node in enumerate(tree.body):
             if i in dropped:
                 continue
-            used = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-            if used & dropped_names:
+            if used_names(node) & dropped_names:
                 dropped.add(i)
                 changed = True
                 if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -115,6 +131,13 @@ def rewrite(module: str) -> Tuple[str, List[str]]:
             text.append(f"{indent}from .{home.rsplit('.', 1)[1]} import {listed}\n")
             needs.append(home)
         replacements[node.lineno - 1] = (node.end_lineno, "".join(text))
+    kept = [node for i, node in enumerate(tree.body) if i not in dropped]
+    if any(used_names(node, annotations=True) & dropped_names for node in kept):
+        # Annotations that name a left-out class (``cfg: LogMelPatchesConfig``) stay unevaluated.
+        docstring = tree.body[0] if ast.get_docstring(tree) is not None else None
+        after = docstring.end_lineno if docstring is not None else 0
+        last, text = replacements.get(after, (after + 1, lines[after]))
+        replacements[after] = (last, "\nfrom __future__ import annotations\n" + text)
     out, line = [], 0
     while line < len(lines):
         if line in replacements:

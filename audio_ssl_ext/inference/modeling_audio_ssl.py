@@ -31,6 +31,16 @@ class AudioSslModel(PreTrainedModel):
     def _init_weights(self, module):
         pass  # every weight comes from model.safetensors
 
+    @classmethod
+    def get_init_context(cls, *args, **kwargs):
+        # Built as plain torch modules: transformers' default contexts turn torch.nn.init functions
+        # into no-ops returning None, and a parameter made from their result comes out empty
+        # (MW-MHA's relative position tables); model.safetensors then replaces every weight.
+        return []
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # a feature extractor: BatchNorm statistics stay the trained ones
+
     def extractor(self) -> DownstreamModel:
         """The feature extractor ``load_model`` gives (built on first use: it probes the model)."""
         if getattr(self, "_extractor", None) is None:

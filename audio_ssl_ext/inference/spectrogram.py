@@ -29,15 +29,28 @@ class SpectrogramModel(PatchEncoderFeatures, nn.Module):
         self.frontend = LogMelPatches.from_config(cfg)
         dim, heads = int(cfg.encoder_embed_dim), int(cfg.encoder_attention_heads)
         windows: Optional[List[int]] = model_cfg.get("encoder_attention_windows")
-        self.patch_embed = PatchEmbedding(self.frontend.patch_dim, dim, self.frontend.grid)
+        trainable_positions = bool(model_cfg.get("trainable_pos_embed", False))
+        self.patch_embed = PatchEmbedding(self.frontend.patch_dim, dim, self.frontend.grid, trainable_positions=trainable_positions)
         self.encoder = TransformerStack(
             dim, int(cfg.encoder_layers),
             (lambda _: MultiWindowAttention(dim, windows)) if windows else (lambda _: Attention(dim, heads)),
             float(cfg.mlp_ratio),
         )
+        # The MAE baseline's optional CLS token (models/mw_mae.py): it takes part in attention but
+        # is never a feature.
+        with_cls = bool(model_cfg.get("use_cls_token", False))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if with_cls else None
+        self.cls_pos_embed = nn.Parameter(torch.zeros(1, 1, dim)) if with_cls and trainable_positions else None
 
     def encode_patches(self, patches: torch.Tensor, layer_results: List[torch.Tensor]) -> torch.Tensor:
-        return self.encoder(self.patch_embed(patches), layer_results)
+        tokens = self.patch_embed(patches)
+        if self.cls_token is None:
+            return self.encoder(tokens, layer_results)
+        cls = self.cls_token if self.cls_pos_embed is None else self.cls_token + self.cls_pos_embed
+        first = len(layer_results)
+        out = self.encoder(torch.cat([cls.to(tokens.dtype).expand(tokens.shape[0], -1, -1), tokens], dim=1), layer_results)
+        layer_results[first:] = [h[:, 1:] for h in layer_results[first:]]
+        return out[:, 1:]
 
     def hidden_state_names(self) -> List[str]:
         names = [f"block {i + 1}" for i in range(len(self.encoder.blocks))]
