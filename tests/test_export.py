@@ -20,7 +20,7 @@ import torch
 from audio_ssl_ext.downstream.load import CheckpointError, load_model
 from audio_ssl_ext.export import export_checkpoint
 from audio_ssl_ext.inference.build import ExportError
-from tests.utils import REPO_ROOT, compose_example_config, write_untrained_checkpoint
+from tests.utils import REPO_ROOT, compose_example_config, run_fairseq_hydra_train, write_untrained_checkpoint
 
 pytest.importorskip("transformers")
 
@@ -87,15 +87,12 @@ def exported(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def through_transformers(exported, tmp_path_factory):
+def run_through_transformers(folders, work):
     """name -> hidden states from AutoModel in a process without fairseq (one process for all)."""
     from safetensors.torch import load_file, save_file
 
-    work = tmp_path_factory.mktemp("hf")
     inputs = str(work / "inputs.safetensors")
     save_file({f"wav{i}": w for i, w in enumerate(waveforms())}, inputs)
-    folders = {name: folder for name, (_, folder) in exported.items()}
     env = dict(os.environ, HF_MODULES_CACHE=str(work / "modules"), USE_TF="0", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONPATH="")
     proc = subprocess.run([sys.executable, "-c", HF_RUN, json.dumps(folders), inputs, str(work)],
@@ -106,16 +103,17 @@ def through_transformers(exported, tmp_path_factory):
             for name in folders}
 
 
+@pytest.fixture(scope="module")
+def through_transformers(exported, tmp_path_factory):
+    return run_through_transformers({name: folder for name, (_, folder) in exported.items()}, tmp_path_factory.mktemp("hf"))
+
+
 def reference_states(checkpoint, **kwargs):
     out = load_model(checkpoint, **kwargs).extract_features(waveforms())
     return out.hidden_states, out.lengths
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_automodel_hidden_states_equal_load_models_on_the_checkpoint(name, exported, through_transformers):
-    checkpoint, folder = exported[name]
-    expected, lengths = reference_states(checkpoint)
-    ours = through_transformers[name]
+def assert_same_states(name, ours, expected, lengths):
     assert len(ours) == len(expected) >= 2
     assert len({int(n) for n in lengths}) == 3  # three lengths, two of them padded in the batch
     for layer, (a, b) in enumerate(zip(ours, expected)):
@@ -124,6 +122,29 @@ def test_automodel_hidden_states_equal_load_models_on_the_checkpoint(name, expor
         assert difference < 1e-5, f"{name} hidden state {layer}: max abs difference {difference:.3g}"
         for i, frames in enumerate(lengths.tolist()):
             assert a[i, frames:].abs().sum() == 0  # zeros past each item's frames
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_automodel_hidden_states_equal_load_models_on_the_checkpoint(name, exported, through_transformers):
+    checkpoint, _ = exported[name]
+    assert_same_states(name, through_transformers[name], *reference_states(checkpoint))
+
+
+@pytest.mark.smoke
+def test_a_trained_checkpoint(demo_manifest_dir, tmp_path):
+    """A few updates of fairseq-hydra-train (weights away from their initialisation, the teacher
+    stepped, an optimizer in the file): the folder through AutoModel equals the checkpoint, and
+    the card states the updates."""
+    run_fairseq_hydra_train(
+        os.path.join(REPO_ROOT, "examples", "music2vec"), "tiny",
+        [f"task.data={demo_manifest_dir}", f"checkpoint.save_dir={tmp_path / 'run'}",
+         "common.tensorboard_logdir=null", "optimization.max_update=16"],
+    )
+    checkpoint = str(tmp_path / "run" / "checkpoint_last.pt")
+    config = export_checkpoint(checkpoint, str(tmp_path / "exported"))
+    assert config["updates"] == 16 and "| updates | 16 |" in (tmp_path / "exported" / "README.md").read_text()
+    states = run_through_transformers({"trained": str(tmp_path / "exported")}, tmp_path)["trained"]
+    assert_same_states("trained music2vec", states, *reference_states(checkpoint))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
