@@ -167,6 +167,26 @@ def test_load_model_takes_the_folder(name, exported):
     assert config["num_parameters"] == sum(p.numel() for p in model.model.parameters())
 
 
+def test_load_model_on_a_waveform_folder_needs_no_fairseq(exported):
+    """In the package itself: load_model on an exported waveform or JOOCI folder imports neither
+    fairseq, hydra nor omegaconf (a spectrogram folder does, see downstream/README.md, Export)."""
+    code = textwrap.dedent(f"""
+        import sys
+        class Blocker:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('fairseq', 'hydra', 'omegaconf'):
+                    raise ImportError(f'{{name}} is blocked in this test')
+        sys.meta_path.insert(0, Blocker())
+        import torch, audio_ssl_ext
+        for folder in {[exported["music2vec"][1], exported["jooci"][1]]!r}:
+            out = audio_ssl_ext.load_model(folder).extract_features([torch.zeros(16000), torch.ones(8000) * 0.1])
+            assert out.hidden_states[0].shape[:2] == (2, 49), out.hidden_states[0].shape
+        print('ok')
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_jooci_feature_sets_and_utterance_embedding(exported):
     checkpoint, folder = exported["jooci"]
     for features in ("content", "other"):

@@ -11,8 +11,8 @@ def model_card(config: Dict, checkpoint: str, teacher: bool) -> str:
     lines = [
         f"# {config['learner']} (audio_ssl_ext export)",
         "",
-        f"A self-supervised audio encoder trained with [audio_ssl_ext](https://github.com/) as fairseq's "
-        f"`{config['learner']}` model and exported without its pre-training heads.",
+        f"A self-supervised audio encoder trained with audio_ssl_ext (a fairseq extension) as fairseq's "
+        f"`{config['learner']}` model, exported without its pre-training heads by `python -m audio_ssl_ext.export`.",
         "",
         "| | |",
         "|---|---|",
