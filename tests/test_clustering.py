@@ -169,8 +169,13 @@ def test_greedy_kmeans_plusplus_seeds_as_well_as_sklearns():
         ours.append(assign(x, centres)[1].sum())
         reference, _ = sklearn_kmeans_plusplus(x, 16, random_state=seed)
         theirs.append(assign(x, reference.astype(np.float32))[1].sum())
+    # Seedings stepped together (learn_kmeans's n_init) are as many independent seedings.
+    runs = kmeans_plusplus(torch.from_numpy(x), 16, torch.Generator().manual_seed(0), runs=5).numpy()
+    assert runs.shape == (5, 16, x.shape[1]) and len({r.tobytes() for r in runs}) == 5
+    batched = [assign(x, centres)[1].sum() for centres in runs]
     # The same algorithm (greedy, 2 + ln k trials): the same potential up to seed noise.
     assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.05)
+    assert np.mean(batched) == pytest.approx(np.mean(theirs), rel=0.05)
     # and far better than uniform seeding
     uniform = [assign(x, x[np.random.default_rng(s).choice(len(x), 16, replace=False)])[1].sum() for s in range(5)]
     assert np.mean(ours) < 0.8 * np.mean(uniform)
@@ -336,3 +341,17 @@ def test_command_line_round_trip_with_quality_against_the_demo_corpus(demo_corpu
     # a bad input is a message and exit status 1, not a traceback
     assert load_script("learn_kmeans").main([feat_dir, "train", km, "--n-clusters", "100000"]) == 1
     assert "n_clusters=100000 is more than the" in capsys.readouterr().err
+
+
+def test_predict_in_blocks_gives_the_l2_nearest_centroid(monkeypatch):
+    """predict's inner-product search over [x, 1] and [c, -|c|^2 / 2], block by block, labels every
+    frame with its L2-nearest centroid (sklearn's predict), also on features far from the origin."""
+    from sklearn.metrics import pairwise_distances_argmin
+
+    import audio_ssl_ext.clustering.kmeans as kmeans
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(1000, 39)) * 3 + 50).astype(np.float32)
+    model = KMeansModel(x[rng.choice(1000, 20, replace=False)] + rng.normal(size=(20, 39)).astype(np.float32))
+    monkeypatch.setattr(kmeans, "PREDICT_BLOCK_FRAMES", 300)  # 4 blocks, the last one short
+    np.testing.assert_array_equal(model.predict(x), pairwise_distances_argmin(x, model.centroids))

@@ -83,35 +83,42 @@ def kmeans_plusplus(
     n_clusters: int,
     generator: torch.Generator,
     n_local_trials: Optional[int] = None,
+    runs: Optional[int] = None,
 ) -> torch.Tensor:
     """Greedy k-means++ (sklearn's ``_kmeans_plusplus``) with all candidates of a step at once.
 
-    ``x``: (n, d) float32 on any device; returns (n_clusters, d) rows of ``x``. Centre the data
-    before calling (``learn_kmeans`` does): distances are expanded as |x|^2 - 2 x.c + |c|^2 in
-    float32, which is exact enough when the norms are those of centred data.
+    ``x``: (n, d) float32 on any device; returns (n_clusters, d) rows of ``x``, or with ``runs``
+    (runs, n_clusters, d): independent seedings stepped together, so that one pass over ``x`` per
+    step serves them all (a step is a matrix product with a few columns: at 768 dims it is bound
+    by reading ``x``, not by arithmetic). Centre the data before calling (``learn_kmeans`` does):
+    distances are expanded as |x|^2 - 2 x.c + |c|^2 in float32, which is exact enough when the
+    norms are those of centred data.
     """
     n = x.shape[0]
     trials = n_local_trials or 2 + int(math.log(n_clusters))
+    batch = runs or 1
     squared_norms = (x * x).sum(1)
+    every_run = torch.arange(batch, device=x.device)
 
-    def distances_to(rows: torch.Tensor) -> torch.Tensor:  # (n, len(rows))
-        centres = x[rows]
-        d = squared_norms[:, None] - 2.0 * (x @ centres.T) + squared_norms[rows][None, :]
-        return d.clamp_min_(0.0)
+    def distances_to(rows: torch.Tensor) -> torch.Tensor:  # (len(rows), n)
+        d = torch.addmm(squared_norms[None, :], x[rows], x.T, alpha=-2.0)
+        return d.add_(squared_norms[rows][:, None]).clamp_min_(0.0)
 
-    chosen = torch.empty(n_clusters, dtype=torch.long, device=x.device)
-    chosen[0] = torch.randint(n, (1,), generator=generator).to(x.device)
-    closest = distances_to(chosen[:1])[:, 0]
+    chosen = torch.empty(batch, n_clusters, dtype=torch.long, device=x.device)
+    chosen[:, 0] = torch.randint(n, (batch,), generator=generator).to(x.device)
+    closest = distances_to(chosen[:, 0])  # (runs, n)
     for c in range(1, n_clusters):
         # D^2 sampling by inverting the cumulative potential (float64: its sum spans n terms).
-        cumulative = torch.cumsum(closest.double(), 0)
-        draws = torch.rand(trials, generator=generator, dtype=torch.float64).to(x.device) * cumulative[-1]
-        candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)
-        candidate_closest = torch.minimum(closest[:, None], distances_to(candidates))
-        best = int(torch.argmin(candidate_closest.double().sum(0)))
-        chosen[c] = candidates[best]
-        closest = candidate_closest[:, best].contiguous()
-    return x[chosen]
+        cumulative = torch.cumsum(closest.double(), 1)
+        draws = torch.rand(batch, trials, generator=generator, dtype=torch.float64).to(x.device) * cumulative[:, -1:]
+        candidates = torch.searchsorted(cumulative, draws).clamp_(max=n - 1)  # (runs, trials)
+        candidate_closest = torch.minimum(
+            closest[:, None, :], distances_to(candidates.reshape(-1)).view(batch, trials, n)
+        )
+        best = candidate_closest.double().sum(2).argmin(1)
+        chosen[:, c] = candidates[every_run, best]
+        closest = candidate_closest[every_run, best]
+    return x[chosen] if runs else x[chosen[0]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +191,8 @@ def learn_kmeans(
 ) -> "KMeansModel":
     """Cluster (n, d) float32 frames.
 
-    ``n_init`` greedy k-means++ seedings, each on its own random sample of ``seeding_frames``
-    frames (default 100 per cluster), are ranked by their potential on that sample
+    ``n_init`` greedy k-means++ seedings, stepped together on one random sample of
+    ``seeding_frames`` frames (default 100 per cluster), are ranked by their potential on it
     (sklearn's ``n_init``: cheap, and most of the quality); the ``nredo`` best then get ``niter``
     Lloyd iterations on all frames (faiss's ``nredo``), and the lowest inertia wins.
     """
@@ -200,13 +207,10 @@ def learn_kmeans(
     mean = x.mean(0, dtype=np.float64).astype(np.float32)
     centred = x - mean  # smaller norms for the float32 distance expansion; same clustering
     generator = torch.Generator().manual_seed(seed)
-    seedings = []
-    for _ in range(n_init):
-        rows = _seeding_rows(len(x), seeding_frames, generator)
-        sample = centred if rows is None else centred[rows]
-        init = kmeans_plusplus(torch.from_numpy(sample).to(device), n_clusters, generator).cpu().numpy()
-        potential = float(assign(sample, init, gpu)[1].sum(dtype=np.float64)) / len(sample)
-        seedings.append((potential, init))
+    rows = _seeding_rows(len(x), seeding_frames, generator)
+    sample = centred if rows is None else centred[rows]
+    inits = kmeans_plusplus(torch.from_numpy(sample).to(device), n_clusters, generator, runs=n_init).cpu().numpy()
+    seedings = [(float(assign(sample, init, gpu)[1].sum(dtype=np.float64)) / len(sample), init) for init in inits]
     seedings.sort(key=lambda pair: pair[0])
     best, best_inertia = None, math.inf
     for redo, (potential, init) in enumerate(seedings[:nredo]):
@@ -254,6 +258,9 @@ def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> Tuple[np.
     return labels[:, 0].astype(np.int64), np.maximum(distances[:, 0], 0.0)
 
 
+PREDICT_BLOCK_FRAMES = 1 << 16  # frames per faiss search: 17 MB of float32 at 64 dims
+
+
 class KMeansModel:
     """Centroids (K, D) float32 and how they were made; ``predict`` labels frames."""
 
@@ -274,12 +281,21 @@ class KMeansModel:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise KMeansError(f"{where}: features of shape {x.shape}, the centroids are {self.dim}-dim")
         if self._index is None:
-            self._index = faiss.IndexFlatL2(self.dim)
+            # argmin |x - c|^2 = argmax x.c - |c|^2 / 2: an inner-product search of [x, 1] against
+            # [c, -|c|^2 / 2] skips the |x|^2 that an L2 search computes for every frame and
+            # never uses for the argmin.
+            self._index = faiss.IndexFlatIP(self.dim + 1)
             if use_faiss_gpu():
                 self._index = faiss.index_cpu_to_all_gpus(self._index)
-            self._index.add(self.centroids)
-        _, labels = self._index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-        return labels[:, 0].astype(np.int64)
+            half_norms = 0.5 * (self.centroids.astype(np.float64) ** 2).sum(1, keepdims=True)
+            self._index.add(np.hstack([self.centroids, -half_norms.astype(np.float32)]))
+        labels = np.empty(len(x), dtype=np.int64)
+        block = np.ones((min(len(x), PREDICT_BLOCK_FRAMES), self.dim + 1), dtype=np.float32)
+        for start in range(0, len(x), PREDICT_BLOCK_FRAMES):
+            frames = x[start : start + PREDICT_BLOCK_FRAMES]
+            block[: len(frames), :-1] = frames
+            labels[start : start + len(frames)] = self._index.search(block[: len(frames)], 1)[1][:, 0]
+        return labels
 
     def inertia(self, x: np.ndarray) -> float:
         """Sum of squared distances to the nearest centroid (sklearn's ``inertia_``)."""
