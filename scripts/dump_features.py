@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     parser.add_argument("--nshard", type=int, default=1)
     parser.add_argument("--rank", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle a --checkpoint that holds classes outside the weights-only allow-list "
+                        "(runs code from whoever made the file: audio_ssl_ext/downstream/README.md#safe-loading)")
     args = parser.parse_args(argv)
     # force: importing fairseq already gave the root logger a DEBUG handler (fairseq/models/wav2vec/
     # wav2vec2_classification.py calls basicConfig), which would make this call a no-op.
@@ -56,7 +59,8 @@ def main(argv=None) -> int:
         else:
             overrides = {"label_dir": args.label_dir} if args.label_dir else None
             src = CheckpointFeatures(
-                args.checkpoint, args.layer, device=args.device, chunk_seconds=args.chunk_seconds, task_overrides=overrides
+                args.checkpoint, args.layer, device=args.device, chunk_seconds=args.chunk_seconds, task_overrides=overrides,
+                trust_checkpoint=args.trust_checkpoint,
             )
         manifest = f"{args.manifest_dir}/{args.split}.tsv"
         dump_features(manifest, args.split, src, args.feat_dir, args.rank, args.nshard)

@@ -113,12 +113,16 @@ class CheckpointFeatures:
         device: str = "cpu",
         chunk_seconds: Optional[float] = None,
         task_overrides: Optional[dict] = None,
+        trust_checkpoint: bool = False,
     ):
         from audio_ssl_ext.downstream.load import load_model
 
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = sha256_file(checkpoint)  # the path alone does not say which training made it
-        self.model = load_model(checkpoint, device=device, chunk_seconds=chunk_seconds, task_overrides=task_overrides)
+        self.model = load_model(
+            checkpoint, device=device, chunk_seconds=chunk_seconds, task_overrides=task_overrides,
+            trust_checkpoint=trust_checkpoint,
+        )
         if not 0 <= layer < self.model.num_layers:
             raise ValueError(
                 f"{checkpoint}: --layer {layer} is out of range; the model has layers 1..{self.model.num_layers - 1} "

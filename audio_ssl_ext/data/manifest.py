@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import List
 
+from audio_ssl_ext.durable import atomic_write_text
+
 
 class ManifestError(ValueError):
     """A manifest that cannot be used as it is."""
@@ -71,8 +73,8 @@ def read_manifest(path: str) -> Manifest:
 def write_manifest(path: str, root: str, files: List[str], sizes: List[int]) -> None:
     """Write a manifest that ``read_manifest`` (and fairseq's FileAudioDataset) reads back.
 
-    The file is written next to ``path`` first and then renamed, so an interrupted run never
-    leaves a half-written manifest behind.
+    Published atomically and durably (``durable.atomic_write_text``): an interrupted run or a
+    crash never leaves a half-written manifest behind.
     """
     if len(files) != len(sizes):
         raise ManifestError(f"{path}: {len(files)} files but {len(sizes)} sizes")
@@ -82,9 +84,5 @@ def write_manifest(path: str, root: str, files: List[str], sizes: List[int]) -> 
             raise ManifestError(f"{path}: file name {name!r} contains a tab or a line break")
         if int(size) < 0:
             raise ManifestError(f"{path}: negative size {size} for {name!r}")
-    partial = f"{path}.partial"
-    with open(partial, "w") as f:
-        f.write(f"{root}\n")
-        for name, size in zip(files, sizes):
-            f.write(f"{name}\t{int(size)}\n")
-    os.replace(partial, path)
+    lines = [f"{root}\n"] + [f"{name}\t{int(size)}\n" for name, size in zip(files, sizes)]
+    atomic_write_text(path, "".join(lines))

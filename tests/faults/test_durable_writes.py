@@ -75,3 +75,26 @@ def test_checkpoint_writes_use_the_one_atomic_write(tmp_path, monkeypatch):
     monkeypatch.setattr(durable, "atomic_write", lambda path, write: calls.append(os.fspath(path)))
     atomic_checkpoint.atomic_write(tmp_path / "checkpoint_last.pt", lambda f: None)
     assert calls == [str(tmp_path / "checkpoint_last.pt")]
+
+
+def test_manifests_are_published_fsynced(tmp_path, monkeypatch):
+    from audio_ssl_ext.data.manifest import read_manifest, write_manifest
+
+    real_fsync, real_replace = os.fsync, os.replace
+    synced = set()
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.add((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        st = os.stat(src)
+        assert (st.st_dev, st.st_ino) in synced, f"{dst} published without fsync"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_manifest(str(tmp_path / "train.tsv"), str(tmp_path), ["a.wav", "b.wav"], [16000, 8000])
+    assert read_manifest(str(tmp_path / "train.tsv")).sizes == [16000, 8000]
+    assert sorted(os.listdir(tmp_path)) == ["train.tsv"]

@@ -68,8 +68,14 @@ def test_checkpoint_holding_other_classes_is_refused_without_running_them(checkp
     with pytest.raises(CheckpointError, match=r"hostile\.pt: the checkpoint refers to io\.open, outside the allow-list.*trust_checkpoint=True"):
         load_model(str(hostile))
     assert not marker.exists()
-    # The documented opt-in reads it with the full unpickler (and runs what it holds).
-    load_checkpoint(str(hostile), trust_checkpoint=True)
+    # The documented opt-in reads it with the full unpickler (and runs what it holds), also for
+    # feature dumping (scripts/dump_features.py --trust-checkpoint).
+    from audio_ssl_ext.clustering.dump import CheckpointFeatures
+
+    with pytest.raises(CheckpointError, match="outside the allow-list"):
+        CheckpointFeatures(str(hostile), 1)
+    assert not marker.exists()
+    CheckpointFeatures(str(hostile), 1, trust_checkpoint=True)
     assert marker.exists()
 
 
