@@ -32,15 +32,7 @@ import torch
 from torch import nn
 
 from audio_ssl_ext.checkpoint_io import CheckpointError, check_finite_weights, load_checkpoint  # noqa: F401
-from audio_ssl_ext.inference.extractor import (  # noqa: F401  (re-exported: the wrapper's home is inference/)
-    DownstreamModel,
-    HiddenStates,
-    pad_batch,
-    resample,
-    resampled_length,
-    split_batch,
-    stack_items,
-)
+from audio_ssl_ext.inference.extractor import DownstreamModel
 from audio_ssl_ext.modules.conv_features import ConvFraming, ConvTransformerFeatures, receptive_field_and_stride
 from audio_ssl_ext.modules.learner import Learner
 
