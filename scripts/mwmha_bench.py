@@ -4,7 +4,8 @@
 At the paper's decoder shape (batch 64, 250 tokens, 384 wide, 8 heads with the rule's windows
 [2, 5, 10, 25, 50, 125, 0, 0]), for (a) the attention module and (b) one whole decoder block:
 
-    ours       audio_ssl_ext.modules.multi_window_attention.MultiWindowAttention (grouped heads, SDPA)
+    ours       audio_ssl_ext.modules.multi_window_attention.MultiWindowAttention (grouped heads on a CPU,
+               one SDPA call with a windowed bias mask on a GPU)
     reference  multi_window_attention_reference: the same parameters, one head at a time
     global     standard multi-head attention (what MAE uses), same width and head count
 

@@ -67,12 +67,13 @@ def _module(windows, dim_per_head=4, seed=0):
         [0, 0, 0],
     ],
 )
-def test_fast_path_equals_the_per_head_reference_forward_and_backward(windows):
+@pytest.mark.parametrize("path", ["grouped", "dense"])  # the CPU's and the GPU's
+def test_fast_path_equals_the_per_head_reference_forward_and_backward(windows, path):
     module = _module(windows)
     x = torch.randn(2, 250, module.num_heads * module.head_dim, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn_like(x)
 
-    fast = module(x)
+    fast = module(x) if path == "grouped" else module.forward_dense(x)
     fast_grads = torch.autograd.grad(fast, [x, *module.parameters()], grad_out)
     reference = multi_window_attention_reference(module, x)
     reference_grads = torch.autograd.grad(reference, [x, *module.parameters()], grad_out)

@@ -12,6 +12,10 @@ form one group (list equal windows next to each other to batch them): the global
 (w x w) problems (one baddbmm, softmax, one bmm). A windowed head so computes N * w scores
 instead of N * N: at 250 patches the rule's layer computes about a third of the scores of
 global attention. ``scripts/mwmha_bench.py`` times it against global attention.
+On a GPU, where a Python loop of small kernels costs more than the scores it saves, the layer is
+one ``scaled_dot_product_attention`` call over all heads instead, with an additive (H, N, N) mask
+that holds each windowed head's relative bias inside its windows and -inf outside
+(:meth:`MultiWindowAttention.dense_bias`, one gather from all the tables).
 :func:`multi_window_attention_reference` is the plain per-head loop over the same parameters:
 the tests check the two agree, forward and backward, and the benchmark times both.
 """
@@ -116,6 +120,28 @@ class MultiWindowAttention(nn.Module):
         self.relative_position_bias = nn.ParameterDict(
             {f"head_{head}": nn.Parameter(relative_position_table(w)) for head, w in enumerate(self.window_sizes) if w}
         )
+        self._dense_index = {}  # (tokens, device) -> (H, N, N) index into dense_bias's value list
+
+    def dense_bias(self, tokens: int) -> torch.Tensor:
+        """(H, N, N) additive mask: head h's bias[i, j] = table[i % w - j % w + w - 1] when i and j
+        share a window of w tokens, -inf when not; 0 for a global head."""
+        device, dtype = self.qkv.weight.device, self.qkv.weight.dtype
+        values = [torch.zeros(1, device=device, dtype=dtype), torch.full((1,), float("-inf"), device=device, dtype=dtype)]
+        values += [self.relative_position_bias[f"head_{h}"] for h, w in enumerate(self.window_sizes) if w]
+        key = (tokens, str(device))
+        if key not in self._dense_index:
+            positions = torch.arange(tokens, device=device)
+            heads, start = [], 2  # values: [0, -inf, table of the first windowed head, ...]
+            for w in self.window_sizes:
+                if w == 0:
+                    heads.append(torch.zeros(tokens, tokens, dtype=torch.long, device=device))
+                    continue
+                same = positions[:, None] // w == positions[None, :] // w
+                offset = positions[:, None] % w - positions[None, :] % w + (w - 1)
+                heads.append(torch.where(same, start + offset, 1))
+                start += 2 * w - 1
+            self._dense_index[key] = torch.stack(heads)
+        return torch.cat(values)[self._dense_index[key]]
 
     def head_window_bias(self, head: int) -> torch.Tensor:
         """(w, w) bias of a windowed head: bias[i, j] = table[i - j + w - 1]."""
@@ -133,6 +159,8 @@ class MultiWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, dim = x.shape
         self.check_length(tokens)
+        if x.is_cuda:
+            return self.forward_dense(x)
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim)
         outputs = []  # (B, N, heads of the group, head_dim) per group, in head order
         first_head = 0
@@ -148,6 +176,14 @@ class MultiWindowAttention(nn.Module):
             first_head += part.shape[3]
         out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
         return self.proj(out.reshape(batch, tokens, dim))
+
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """All heads in one scaled_dot_product_attention call with :meth:`dense_bias` (the GPU path)."""
+        batch, tokens, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.dense_bias(tokens).to(q.dtype)[None])
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
 def _windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, w: int) -> torch.Tensor:
