@@ -91,6 +91,27 @@ def test_last_hidden_state_is_the_models_own_encoder_output(tiny_model):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("config", ["examples/musichubert/tiny.yaml", "examples/music2vec/tiny.yaml", "examples/wav2vec2/tiny.yaml"])
+def test_pre_layer_norm_models_end_with_the_encoders_final_layer_norm(config, tmp_path):
+    """layer_norm_first=true: the last hidden state is fairseq's own encoder output, final layer
+    norm included (TransformerEncoder.forward adds it after extract_features)."""
+    checkpoint = write_untrained_checkpoint(
+        os.path.join(REPO, config), str(tmp_path / "pre_ln.pt"), overrides=["model.layer_norm_first=true"],
+        num_label_classes=20,
+    )
+    model = load_model(checkpoint)
+    learner = model.model
+    own = learner.model if isinstance(learner, FairseqWaveformModel) else learner
+    wav = noise(1, 24000, seed=7)
+    ours = model.extract_features(wav).hidden_states[-1]
+    if learner.framing.normalize:
+        wav = torch.nn.functional.layer_norm(wav, wav.shape[-1:])
+    with torch.no_grad():
+        theirs = own.extract_features(wav, padding_mask=None, mask=False)
+    theirs = theirs["x"] if isinstance(theirs, dict) else theirs[0]
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def music2vec_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("m2v") / "music2vec_tiny.pt"

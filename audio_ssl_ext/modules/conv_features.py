@@ -192,7 +192,9 @@ class ConvTransformerFeatures(Learner):
         states = [captured[0].transpose(0, 1)[:, :num_frames]]
         states += [result[0].transpose(0, 1)[:, :num_frames] for result in layer_results]
         if self.framing.layer_norm_first:
-            states[-1] = x  # pre-LN models: the encoder's final layer norm belongs to the last layer
+            # Pre-LN models: the encoder's final layer norm belongs to the last layer (fairseq's
+            # TransformerEncoder.forward applies it after extract_features, which returns x without it).
+            states[-1] = self.encoder.layer_norm(x)
         return [s.masked_fill(padding_mask[..., None], 0.0) for s in states]
 
     def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
