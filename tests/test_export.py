@@ -167,9 +167,12 @@ def test_load_model_takes_the_folder(name, exported):
     assert config["num_parameters"] == sum(p.numel() for p in model.model.parameters())
 
 
-def test_load_model_on_a_waveform_folder_needs_no_fairseq(exported):
-    """In the package itself: load_model on an exported waveform or JOOCI folder imports neither
-    fairseq, hydra nor omegaconf (a spectrogram folder does, see downstream/README.md, Export)."""
+def test_load_model_on_a_folder_needs_no_fairseq(exported):
+    """In the package itself: load_model on an exported folder (waveform, JOOCI, spectrogram)
+    imports neither fairseq, hydra nor omegaconf, and gives what it gives where they can be."""
+    wavs = [torch.zeros(16000), torch.ones(8000) * 0.1]
+    expected = [(exported[name][1], tuple(load_model(exported[name][1]).extract_features(wavs).hidden_states[0].shape))
+                for name in ("music2vec", "jooci", "audio_mae", "audio_jepa")]
     code = textwrap.dedent(f"""
         import sys
         class Blocker:
@@ -178,9 +181,9 @@ def test_load_model_on_a_waveform_folder_needs_no_fairseq(exported):
                     raise ImportError(f'{{name}} is blocked in this test')
         sys.meta_path.insert(0, Blocker())
         import torch, audio_ssl_ext
-        for folder in {[exported["music2vec"][1], exported["jooci"][1]]!r}:
+        for folder, shape in {expected!r}:
             out = audio_ssl_ext.load_model(folder).extract_features([torch.zeros(16000), torch.ones(8000) * 0.1])
-            assert out.hidden_states[0].shape[:2] == (2, 49), out.hidden_states[0].shape
+            assert tuple(out.hidden_states[0].shape) == shape, (folder, out.hidden_states[0].shape)
         print('ok')
     """)
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

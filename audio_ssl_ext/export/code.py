@@ -4,17 +4,16 @@ Starting from ``inference/``'s files, every module of the package they import (r
 absolute imports, followed recursively: ``modules/learner.py``, ``modules/conv_features.py``,
 ``features/logmel.py``, ...) is written into the one flat folder with its imports made relative to
 it (``from audio_ssl_ext.modules.learner import Learner`` -> ``from .learner import Learner``), as
-transformers' ``trust_remote_code`` loads a folder. A module that also holds fairseq-bound
-definitions (``modules/spectrogram_frontend.py``'s config dataclasses) is written without them:
-the imports of fairseq, hydra and omegaconf go, and so does every top-level definition that uses a
-name they bound, transitively. Whatever inference needs must therefore not use fairseq; the
-exported model's parity test, run where fairseq cannot be imported, checks that it does not.
+transformers' ``trust_remote_code`` loads a folder. A module that imports fairseq, hydra or
+omegaconf is refused: keep fairseq-bound definitions apart from what inference runs (as the
+spectrogram learners' config dataclasses are, in ``modules/spectrogram_config.py``). The exported
+model's parity test runs where none of them can be imported.
 """
 
 import ast
 import importlib
 import os
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Tuple
 
 PACKAGE = "audio_ssl_ext"
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,50 +53,20 @@ def defining_modules(source_module: str, names: List[str]) -> Dict[str, List[str
     return by_module
 
 
-def used_names(node: ast.AST, annotations: bool = False) -> Set[str]:
-    """Names a statement reads: outside annotations (``annotations=False``) or only in them."""
-    found: Set[str] = set()
-
-    def visit(n: ast.AST, in_annotation: bool) -> None:
-        if isinstance(n, ast.Name) and in_annotation == annotations:
-            found.add(n.id)
-        for field, value in ast.iter_fields(n):
-            is_annotation = in_annotation or field in ("annotation", "returns")
-            for child in value if isinstance(value, list) else [value]:
-                if isinstance(child, ast.AST):
-                    visit(child, is_annotation)
-
-    visit(node, False)
-    return found
-
-
-def strip_fairseq(tree: ast.Module) -> Tuple[Set[int], Set[str]]:
-    """Top-level statements to drop (their indices) and the names they bound."""
-    dropped_names: Set[str] = set()
-    dropped: Set[int] = set()
-    for i, node in enumerate(tree.body):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            if node.__class__ is ast.ImportFrom and node.level:
-                continue
-            if any(m.split(".")[0] in FAIRSEQ_BOUND for m in modules):
-                dropped.add(i)
-                dropped_names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    changed = True
-    while changed:
-        changed = False
-        for i, node in enumerate(tree.body):
-            if i in dropped:
-                continue
-            if used_names(node) & dropped_names:
-                dropped.add(i)
-                changed = True
-                if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    dropped_names.add(node.name)
-                elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                    dropped_names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-    return dropped, dropped_names
+def fairseq_imports(tree: ast.Module, path: str) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            modules = [node.module or ""]
+        else:
+            continue
+        bound = [m for m in modules if m.split(".")[0] in FAIRSEQ_BOUND]
+        if bound:
+            raise ValueError(
+                f"{path}:{node.lineno}: imports {bound[0]}, but an exported model runs without fairseq, hydra and "
+                f"omegaconf: move what needs them to a module inference does not import"
+            )
 
 
 def rewrite(module: str) -> Tuple[str, List[str]]:
@@ -106,16 +75,11 @@ def rewrite(module: str) -> Tuple[str, List[str]]:
     with open(path) as f:
         source = f.read()
     tree = ast.parse(source, path)
+    fairseq_imports(tree, path)
     lines = source.splitlines(keepends=True)
-    dropped, dropped_names = strip_fairseq(tree)
     replacements: Dict[int, Tuple[int, str]] = {}  # first line -> (last line, new text)
     needs: List[str] = []
-    for i, node in enumerate(tree.body):
-        if i in dropped:
-            first = (node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno) - 1
-            replacements[first] = (node.end_lineno, "")
-    kept = [node for i, node in enumerate(tree.body) if i not in dropped]
-    for node in (n for top in kept for n in ast.walk(top)):  # imports inside functions too
+    for node in ast.walk(tree):  # imports inside functions too
         if isinstance(node, ast.Import) and any(a.name.startswith(PACKAGE) for a in node.names):
             raise ValueError(f"{path}:{node.lineno}: write `from ... import NAME` for the export to follow it")
         if not isinstance(node, ast.ImportFrom):
@@ -131,13 +95,6 @@ def rewrite(module: str) -> Tuple[str, List[str]]:
             text.append(f"{indent}from .{home.rsplit('.', 1)[1]} import {listed}\n")
             needs.append(home)
         replacements[node.lineno - 1] = (node.end_lineno, "".join(text))
-    kept = [node for i, node in enumerate(tree.body) if i not in dropped]
-    if any(used_names(node, annotations=True) & dropped_names for node in kept):
-        # Annotations that name a left-out class (``cfg: LogMelPatchesConfig``) stay unevaluated.
-        docstring = tree.body[0] if ast.get_docstring(tree) is not None else None
-        after = docstring.end_lineno if docstring is not None else 0
-        last, text = replacements.get(after, (after + 1, lines[after]))
-        replacements[after] = (last, "\nfrom __future__ import annotations\n" + text)
     out, line = [], 0
     while line < len(lines):
         if line in replacements:
@@ -149,8 +106,6 @@ def rewrite(module: str) -> Tuple[str, List[str]]:
             line += 1
     relative = os.path.relpath(path, os.path.dirname(PACKAGE_DIR))
     note = f"# {relative}, as `python -m audio_ssl_ext.export` writes it: imports relative to this folder"
-    if dropped_names:
-        note += f"; left out (fairseq-bound): {', '.join(sorted(dropped_names))}"
     return note + "\n" + "".join(out), needs
 
 

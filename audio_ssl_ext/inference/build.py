@@ -21,7 +21,7 @@ class ExportError(ValueError):
 
 def family_class(family: str) -> type:
     """The module of a family, imported on demand: a waveform model never loads the spectrogram
-    code (which, in the package, sits next to fairseq-bound configs)."""
+    code, nor the other way round."""
     if family == "waveform":
         from .waveform import WaveformModel
 

@@ -28,7 +28,8 @@ from audio_ssl_ext.modules.masking import (
     time_masking,
 )
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_2d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderConfig, PatchEncoderFeatures
+from audio_ssl_ext.modules.spectrogram_config import PatchEncoderConfig
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 MASKING_CHOICES = ChoiceEnum(["unstructured", "multi_block", "time"])

@@ -19,7 +19,8 @@ from torch import nn
 from audio_ssl_ext.modules.masking import PatchMask, per_sample_masks, random_masking
 from audio_ssl_ext.modules.multi_window_attention import MultiWindowAttention, resolve_window_sizes
 from audio_ssl_ext.modules.patches import PatchEmbedding, sincos_1d
-from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderConfig, PatchEncoderFeatures
+from audio_ssl_ext.modules.spectrogram_config import PatchEncoderConfig
+from audio_ssl_ext.modules.spectrogram_frontend import LogMelPatches, PatchEncoderFeatures
 from audio_ssl_ext.modules.vit import Attention, TransformerStack, init_vit_weights
 
 logger = logging.getLogger(__name__)
