@@ -21,7 +21,6 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from audio_ssl_ext.data.audio import check_finite_batch
 from audio_ssl_ext.downstream.load import DownstreamModel
 from audio_ssl_ext.downstream.load import load_model as load_downstream_model
 
@@ -50,7 +49,6 @@ class HearModel(nn.Module):
         """(B, S) audio at ``sample_rate`` -> (B, F, D) embeddings and (B,) real frames."""
         if audio.dim() != 2:
             raise ValueError(f"HEAR audio must be (batch, samples), got shape {tuple(audio.shape)}")
-        check_finite_batch(audio, "audio")
         out = self.model.extract_features(audio, sample_rate=self.sample_rate)
         if self.layer == "mean":
             states = torch.stack(out.hidden_states).mean(dim=0)
@@ -104,7 +102,6 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[tor
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
     if model.scene == "utterance":
-        check_finite_batch(audio, "audio")
         return model.model.utterance_embedding(audio, sample_rate=model.sample_rate).to(audio.device)
     # HEAR batches hold clips of one length, so every frame is real; the mask is for safety.
     embeddings, lengths = model.embeddings(audio)

@@ -81,20 +81,6 @@ def check_samples(wav: np.ndarray, where: str, start: int = 0) -> None:
         )
 
 
-def check_finite_batch(wavs, name: str = "wavs") -> None:
-    """Refuse a batch handed in as tensors (by s3prl, HEAR) with a NaN or inf sample, naming the
-    item: one non-finite sample makes every hidden state of its item NaN."""
-    import torch
-
-    for i, wav in enumerate(wavs):
-        bad = ~torch.isfinite(wav)
-        if bad.any():
-            first = int(torch.nonzero(bad.reshape(-1))[0])
-            raise AudioInputError(
-                f"{name}[{i}]: {int(bad.sum())} non-finite samples (NaN or inf), the first at sample {first}"
-            )
-
-
 def read_audio(
     path: str,
     expected_sample_rate: Optional[int] = None,

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audio_ssl_ext.data.audio import check_finite_batch
 from audio_ssl_ext.downstream.load import load_model
 
 S3PRL_SAMPLE_RATE = 16000
@@ -48,7 +47,6 @@ class UpstreamExpert(nn.Module):
 
     def forward(self, wavs: List[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
         wavs = [mono(w, i) for i, w in enumerate(wavs)]
-        check_finite_batch(wavs)
         out = self.model.extract_features(wavs, sample_rate=S3PRL_SAMPLE_RATE)
         states = out.hidden_states
         if self.regrid:

@@ -131,6 +131,7 @@ class DownstreamModel(nn.Module):
     def _prepare(self, wavs, lengths, sample_rate: Optional[int]) -> List[torch.Tensor]:
         """Items as 1-D float tensors on the model's device, at its rate, at least one frame long."""
         items = split_batch(wavs, lengths)
+        check_finite_batch(items)
         if sample_rate is not None and sample_rate != self.sample_rate:
             items = [resample(w, sample_rate, self.sample_rate) for w in items]
         min_samples = self.min_samples
@@ -223,6 +224,16 @@ def stack_items(per_item: Sequence[List[torch.Tensor]], frame_rate: float, sampl
             stacked[i, : p[layer].size(0)] = p[layer]
         states.append(stacked)
     return HiddenStates(states, frames, frame_rate, sample_rate)
+
+
+def check_finite_batch(wavs: Sequence[torch.Tensor], name: str = "wavs") -> None:
+    """Refuse an item with a NaN or inf sample, naming it: one such sample makes every hidden
+    state of its item NaN (and resampling would spread it)."""
+    for i, wav in enumerate(wavs):
+        bad = ~torch.isfinite(wav)
+        if bad.any():
+            first = int(torch.nonzero(bad.reshape(-1))[0])
+            raise ValueError(f"{name}[{i}]: {int(bad.sum())} non-finite samples (NaN or inf), the first at sample {first}")
 
 
 def split_batch(wavs, lengths) -> List[torch.Tensor]:

@@ -146,19 +146,24 @@ def test_s3prl_upstream_refuses_stereo_and_names_non_finite_items(checkpoint):
         upstream([mono, torch.zeros(2, 8000)])
     broken = mono.clone()
     broken[77] = float("nan")
-    with pytest.raises(AudioInputError, match=r"wavs\[1\]: 1 non-finite samples .*first at sample 77"):
+    with pytest.raises(ValueError, match=r"wavs\[1\]: 1 non-finite samples .*first at sample 77"):
         upstream([mono, broken])
     assert upstream([mono, mono[None]])["hidden_states"][0].shape[0] == 2  # (1, S) is mono
 
 
-def test_hear_names_the_non_finite_batch_item(checkpoint):
+def test_load_model_hear_and_s3prl_name_the_non_finite_batch_item(checkpoint):
     from audio_ssl_ext import hear
+    from audio_ssl_ext.downstream.load import load_model
 
     model = hear.load_model(checkpoint)
     audio = torch.zeros(3, 8000)
     audio[2, 5] = float("inf")
-    with pytest.raises(AudioInputError, match=r"audio\[2\]: 1 non-finite samples"):
+    with pytest.raises(ValueError, match=r"wavs\[2\]: 1 non-finite samples"):
         hear.get_scene_embeddings(audio, model)
+    with pytest.raises(ValueError, match=r"wavs\[2\]: 1 non-finite samples"):
+        hear.get_timestamp_embeddings(audio, model)
+    with pytest.raises(ValueError, match=r"wavs\[2\]: 1 non-finite samples"):
+        load_model(checkpoint).extract_features(audio)
 
 
 def test_probe_reads_task_audio_through_the_checks(tmp_path):
