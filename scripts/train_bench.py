@@ -114,8 +114,6 @@ def build(config_dir: str, config_name: str, overrides: Sequence[str], kind: str
     """(model, criterion, batch) of one config; ``kind`` swaps in the stock fairseq model."""
     from fairseq import tasks
 
-    from audio_ssl_ext.tools.configs import compose_config
-
     cfg = compose(config_dir, config_name, root, crop, overrides)
     if cfg.task._name == "waveform_pretraining":
         samples = cfg.task.max_sample_size

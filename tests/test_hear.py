@@ -89,7 +89,6 @@ def write_tone_task(out_dir):
     """A 3-class scene task in HEAR's format (tones an octave apart), no Debian packages needed."""
     from audio_ssl_ext.downstream.hear_tasks import Clip, write_hear_task
 
-    rng = np.random.default_rng(0)
     splits = {}
     for split, count in (("train", 12), ("valid", 6), ("test", 6)):
         clips = []

@@ -1,7 +1,6 @@
 """The s3prl bridge: s3prl's upstream contract, its Featurizer over our hidden states, and a short
 run of s3prl's own downstream runner (voxceleb1-style speaker ID on a flite-generated set)."""
 
-import glob
 import os
 import shutil
 import subprocess

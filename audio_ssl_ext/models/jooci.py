@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,7 @@ from fairseq.models import register_model
 from omegaconf import II
 from torch import nn
 
+from audio_ssl_ext.inference.jooci import FEATURE_SETS, content_groups, joint_states
 from audio_ssl_ext.models.music_hubert import MusicHubertConfig, MusicHubertModel
 from audio_ssl_ext.modules.collapse import check_collapse, mean_channel_std
 from audio_ssl_ext.modules.conv_features import ConvFraming
@@ -32,8 +33,6 @@ from audio_ssl_ext.modules.masking import seeded_generator
 from audio_ssl_ext.modules.schedules import linear_ramp
 
 logger = logging.getLogger(__name__)
-
-FEATURE_SETS = ("both", "content", "other")
 
 
 @dataclass
@@ -245,19 +244,12 @@ class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
             for m, mode in modes:
                 m.train(mode)
 
-    def content_groups(self, states: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Split-and-append: the Content layers (states 1..L) in one contiguous group per Other
-        block, each group's mean (B, T, D)."""
-        layers = list(states[1:])
-        size = len(layers) // len(self.cfg.other_dilations)
-        return [torch.stack(layers[g : g + size]).mean(0) for g in range(0, len(layers), size)]
-
     def _inputs(self, source, lengths):
         """Front features (B, T, C), frame padding (B, T), the Content states, the appended groups."""
         with self._content_inference():
             front, frame_padding = self.front_features(source, lengths)
             states = self.encoder_states(front, frame_padding)
-            groups = self.content_groups(states) if self.cfg.split_and_append else None
+            groups = content_groups(states, len(self.cfg.other_dilations)) if self.cfg.split_and_append else None
         return front, frame_padding, states, groups
 
     def crop_starts(self, frames: torch.Tensor, sample_ids: torch.Tensor, length: int, views: int, kind: int) -> torch.Tensor:
@@ -363,10 +355,7 @@ class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
         if self.feature_set == "content":
             return states
         other, _ = self.other.encoder(front, (~frame_padding).sum(-1), groups)
-        if self.feature_set == "other":
-            return other
-        per_group = (len(states) - 1) // (len(other) - 1)
-        return [torch.cat([s, other[0 if i == 0 else 1 + (i - 1) // per_group]], dim=-1) for i, s in enumerate(states)]
+        return other if self.feature_set == "other" else joint_states(states, other)
 
     def utterance_embedding(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The Other encoder's pooled embedding (B, other_embed_dim), the speaker-like summary."""
