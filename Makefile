@@ -15,13 +15,17 @@ EVAL_DIR ?= $(DEMO_DIR)/eval_tasks
 # the full tasks (about an hour of probing per checkpoint on 2 cores).
 EVAL_TASKS_FLAGS ?= --small
 PROBE_FLAGS ?= --seeds 3
+# `make study`: everything under $(STUDY_DIR); STUDY_FLAGS=--quick for a first look (< 30 min on
+# 2 cores), --only NAME ... for some runs (scripts/study.py --help).
+STUDY_DIR ?= study
+STUDY_FLAGS ?=
 PYTEST_ARGS ?=
 
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 VENV_FLAGS := $(if $(filter 1,$(SYSTEM_SITE_PACKAGES)),--system-site-packages)
 
-.PHONY: setup setup-eval test test-fast demo eval clean
+.PHONY: setup setup-eval test test-fast demo eval study clean
 setup: $(VENV)/.setup-done
 
 # What the downstream tests and `make eval` need on top of `setup`: Debian packages for the
@@ -67,6 +71,12 @@ eval: setup-eval
 	$(PY) scripts/build_eval_tasks.py $(EVAL_DIR) $(EVAL_TASKS_FLAGS)
 	$(PY) scripts/probe.py --tasks-dir $(EVAL_DIR) $(PROBE_FLAGS) --out $(DEMO_DIR)/probe \
 	  $(foreach c,$(sort $(wildcard $(DEMO_DIR)/*/checkpoints/checkpoint_last.pt $(DEMO_DIR)/musichubert/iter*/checkpoints/checkpoint_last.pt)),--checkpoint $(subst /checkpoints/checkpoint_last.pt,,$(patsubst $(DEMO_DIR)/%,%,$(c)))=$(c))
+
+# The small-scale study: an offline music corpus (and speech), a `small` run per learner and claim
+# variant, each probed next to its random-init twin and log-mel; report.{md,json,png} in $(STUDY_DIR)
+# (audio_ssl_ext/tools/README.md#the-small-scale-study).
+study: setup-eval
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(PY) scripts/study.py $(STUDY_DIR) $(STUDY_FLAGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,124 @@
+"""The small-scale study (audio_ssl_ext/tools/study.py, scripts/study.py): verdicts from intervals,
+the music corpus's separation from the evaluation test split, and the whole pipeline in micro mode."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from audio_ssl_ext.tools import study
+from audio_ssl_ext.tools.eval_tasks import TEST_SOUNDFONT, TRAIN_SOUNDFONT
+from audio_ssl_ext.tools.music_corpus import EVAL_PROGRAMS, MusicCorpusError, check_separation, compose
+from tests.utils import REPO_ROOT
+
+
+def fake_results(table):
+    """probe.json's shape from {model: {task: (mean, ci95)}}."""
+    tasks = sorted({t for row in table.values() for t in row})
+    return {"models": list(table), "tasks": {t: {m: {"test_mean": table[m][t][0], "test_ci95": table[m][t][1]}
+                                              for m in table} for t in tasks}}
+
+
+def test_claim_verdicts_from_intervals():
+    results = fake_results({
+        "mwmae": {"instrument_family": (0.60, 0.05), "pitch": (0.50, 0.02), "spoken_digit": (0.30, 0.10)},
+        "mae": {"instrument_family": (0.40, 0.05), "pitch": (0.50, 0.02), "spoken_digit": (0.25, 0.10)},
+        "mwmae_10pct": {"instrument_family": (0.30, 0.01), "pitch": (0.40, 0.05), "spoken_digit": (0.20, 0.0)},
+        # instrument_family: [0.31, 0.33] vs [0.29, 0.31]: touching at 0.31 is overlap; pitch: below
+        "mae_10pct": {"instrument_family": (0.32, 0.01), "pitch": (0.60, 0.05), "spoken_digit": (0.20, 0.0)},
+        "music2vec": {"instrument_family": (0.50, 0.01), "pitch": (0.90, 0.01), "spoken_digit": (0.10, 0.0)},
+        "musichubert/iter2": {"instrument_family": (0.40, 0.01), "pitch": (0.95, 0.01), "spoken_digit": (0.90, 0.0)},
+    })
+    verdicts = {c.name: study.claim_verdict(results, c) for c in study.CLAIMS}
+    assert verdicts["mwmae_vs_mae"]["tasks"] == {
+        "instrument_family": study.HOLDS, "pitch": study.NOISE, "spoken_digit": study.NOISE}
+    assert verdicts["mwmae_vs_mae"]["verdict"] == study.HOLDS
+    assert verdicts["mwmae_vs_mae_10pct"]["tasks"] == {
+        "instrument_family": study.NOISE, "pitch": study.DOES_NOT_HOLD, "spoken_digit": study.NOISE}
+    assert verdicts["mwmae_vs_mae_10pct"]["verdict"] == study.DOES_NOT_HOLD
+    # music tasks only: spoken_digit (where musicHuBERT is far ahead) does not count
+    assert set(verdicts["music2vec_vs_musichubert"]["tasks"]) == {"instrument_family", "pitch"}
+    assert verdicts["music2vec_vs_musichubert"]["verdict"] == study.MIXED
+    assert verdicts["jepa_unstructured_vs_time"]["verdict"] == study.NOT_RUN
+    results["tasks"]["pitch"]["mwmae"]["test_ci95"] = 0.0
+    results["tasks"]["instrument_family"]["mwmae"]["test_mean"] = 0.45  # [0.40, 0.50] vs [0.35, 0.45]
+    assert study.claim_verdict(results, study.CLAIMS[3])["verdict"] == study.NOISE
+
+
+def test_the_bar_counts_tasks_above_the_twin():
+    twin = study.twin_name("musichubert/iter2")
+    assert twin == "musichubert (random init)" == study.twin_name("musichubert/iter1")
+    results = fake_results({
+        "a": {"t1": (0.6, 0.05), "t2": (0.6, 0.05), "t3": (0.5, 0.2)},
+        "a (random init)": {"t1": (0.4, 0.05), "t2": (0.54, 0.05), "t3": (0.4, 0.01)},
+    })
+    row = study.bar_verdict(results, "a", "a (random init)")
+    assert row["tasks_above"] == ["t1"] and not row["passes"]
+    results["tasks"]["t2"]["a (random init)"]["test_mean"] = 0.49
+    row = study.bar_verdict(results, "a", "a (random init)")
+    assert row["tasks_above"] == ["t1", "t2"] and row["passes"]
+
+
+def test_claims_name_runs_of_the_study():
+    for claim in study.CLAIMS:
+        assert {claim.a, claim.b} <= set(study.ALL_NAMES), claim.name
+    families = {r.family for r in study.MAIN_RUNS + study.VARIANT_RUNS} | {"musichubert"}
+    for mode in study.MODES.values():
+        assert set(mode.updates) == families == set(study.SMALL), mode.name
+
+
+def test_music_corpus_keeps_the_test_split_sources_out(tmp_path):
+    for i in range(200):
+        piece = compose(np.random.default_rng([0, i]), TEST_SOUNDFONT, 4.0)
+        assert {piece.melody_program, piece.chord_program}.isdisjoint(EVAL_PROGRAMS)
+        assert all(ms <= 3700 for ms, _ in piece.events)  # every note ends 0.3 s before the clip does
+    assert EVAL_PROGRAMS == set(range(80)) - {46, 47, 55}
+    rows = ["file\tsoundfont\tmelody_program\tchord_program\tdrums\ttempo\tkey",
+            f"wavs/a.wav\t{TRAIN_SOUNDFONT}\t3\t5\t1\t100.0\t50",
+            f"wavs/b.wav\t{TEST_SOUNDFONT}\t81\t90\t0\t100.0\t50"]
+    (tmp_path / "clips.tsv").write_text("\n".join(rows) + "\n")
+    check_separation(str(tmp_path))
+    rows.append(f"wavs/c.wav\t{TEST_SOUNDFONT}\t100\t12\t0\t100.0\t50")
+    (tmp_path / "clips.tsv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(MusicCorpusError, match=r"clips.tsv:4: wavs/c.wav plays program\(s\) \[12\]"):
+        check_separation(str(tmp_path))
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("fluidsynth") is None or shutil.which("flite") is None,
+                    reason="needs fluidsynth and flite (make setup-eval)")
+def test_micro_study_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "scripts", "study.py"), str(out), "--micro",
+                           "--only", "mwmae", "mae", "mae_10pct", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("mwmae", "mae", "mae_10pct"):
+        assert (out / name / "checkpoints" / "checkpoint_last.pt").is_file()
+        record = json.loads((out / name / "run.json").read_text())
+        assert "model.encoder_embed_dim=192" in record["command"]  # the small size
+    train = (out / "manifests" / "music" / "train.tsv").read_text().splitlines()[1:]
+    subset = (out / "manifests" / "music_10pct" / "train.tsv").read_text().splitlines()[1:]
+    assert subset == train[::10]
+    report = json.loads((out / "report.json").read_text())
+    models = ["mwmae", "mae", "mae_10pct", "mwmae (random init)", "mae (random init)", "log-mel stats"]
+    assert sorted(report["probe"]["models"]) == sorted(models)  # mae_10pct shares mae's twin
+    assert set(report["probe"]["tasks"]) == {"instrument_family", "pitch", "spoken_digit"}
+    table = (out / "report.md").read_text()
+    for model in models:
+        assert f"| {model} |" in table
+    assert (out / "report.png").stat().st_size > 0
+    # the claim line is the JSON's numbers compared by hand
+    claim = next(c for c in report["claims"] if c["a"] == "mwmae" and c["b"] == "mae")
+    for task, verdict in claim["tasks"].items():
+        a, b = (report["probe"]["tasks"][task][m] for m in ("mwmae", "mae"))
+        expected = (study.HOLDS if a["test_mean"] - a["test_ci95"] > b["test_mean"] + b["test_ci95"]
+                    else study.DOES_NOT_HOLD if b["test_mean"] - b["test_ci95"] > a["test_mean"] + a["test_ci95"]
+                    else study.NOISE)
+        assert verdict == expected, task
+    assert f"| {claim['claim']} | mwmae vs mae |" in table
+    assert {row["model"] for row in report["bar"]} == {"mwmae", "mae"}
+    assert os.path.isfile(out / "study.log")
