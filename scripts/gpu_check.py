@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Every learner on a CUDA GPU: a few updates in fp32, fp16 and bf16, and one DDP step.
+"""Every learner on a CUDA GPU: a few updates in fp32, fp16 and bf16 (autocast), bf16-model (fairseq's
+common.bf16: the whole model cast), and one DDP step.
 
     python scripts/gpu_check.py [--config tiny|base] [--updates 5] [--batch 4] [--seconds 2]
 
@@ -26,7 +27,9 @@ import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEARNERS = ("musichubert", "music2vec", "mwmae", "mae", "audiojepa", "jooci")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "bf16-model": torch.bfloat16}
+# bf16-model is fairseq's common.bf16: no autocast, the model, the criterion and the batch's floats
+# cast to bf16 (fairseq's Trainer); the others are torch.autocast around the loss.
 
 
 def build(learner: str, config: str, label_dir: str):
@@ -65,6 +68,12 @@ def random_batch(cfg, task, batch: int, seconds: float, device, generator: torch
             torch.randint(d.nspecial, len(d), (batch, frames), generator=generator).to(device) for d in dictionaries
         ]
     return sample
+
+
+def apply_to_sample(fn, sample):
+    from fairseq.utils import apply_to_sample as fairseq_apply
+
+    return fairseq_apply(fn, sample)
 
 
 def train_steps(model, criterion, sample, dtype, updates: int, device) -> dict:
@@ -125,7 +134,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="tiny", choices=["tiny", "base"])
     parser.add_argument("--learners", default=",".join(LEARNERS), help=f"comma-separated subset of {LEARNERS}")
-    parser.add_argument("--dtypes", default="fp32,fp16,bf16", help=f"comma-separated subset of {sorted(DTYPES)}")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated subset of {list(DTYPES)}")
     parser.add_argument("--updates", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.0, help="waveform length for the waveform learners")
@@ -153,12 +162,23 @@ def main(argv=None) -> int:
                 model.to(device)
                 criterion.to(device)
                 sample = random_batch(cfg, task, args.batch, args.seconds, device, torch.Generator().manual_seed(0))
-                result = train_steps(model, criterion, sample, DTYPES[name], args.updates, device)
+                autocast = DTYPES[name]
+                if name == "bf16-model":
+                    model.to(torch.bfloat16)
+                    criterion.to(torch.bfloat16)
+                    sample = apply_to_sample(lambda t: t.to(torch.bfloat16) if t.is_floating_point() else t, sample)
+                    autocast = torch.float32
+                result = train_steps(model, criterion, sample, autocast, args.updates, device)
                 peak = "" if math.isnan(result["peak_mib"]) else f" peak {result['peak_mib']:.0f} MiB"
                 print(f"{learner:12s} {name}: {result['step_ms']:8.1f} ms/update{peak} "
                       f"loss {'finite' if result['finite'] else 'NOT FINITE'}", flush=True)
                 if not result["finite"]:
                     failed.append(f"{learner}/{name}")
+            if name == "bf16-model":  # the DDP step in fp32, on a freshly built model
+                cfg, task, model, criterion = build(learner, args.config, label_dir)
+                model.to(device)
+                criterion.to(device)
+                sample = random_batch(cfg, task, args.batch, args.seconds, device, torch.Generator().manual_seed(0))
             finite = ddp_step(model, criterion, sample, device)
             print(f"{learner:12s} DDP (world size 1): loss {'finite' if finite else 'NOT FINITE'}", flush=True)
             if not finite:

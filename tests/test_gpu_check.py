@@ -26,7 +26,7 @@ def run(*args):
 def test_every_learner_updates_in_every_precision_on_the_cpu():
     out = run("--device", "cpu", "--updates", "2")
     for learner in LEARNERS:
-        for dtype in ("fp32", "fp16", "bf16"):
+        for dtype in ("fp32", "fp16", "bf16", "bf16-model"):
             assert f"{learner:12s} {dtype}:" in out and "NOT FINITE" not in out, out
         assert f"{learner:12s} DDP (world size 1): loss finite" in out, out
     assert out.rstrip().endswith("gpu_check: all finite"), out

@@ -78,8 +78,9 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
                 self.num_batches_tracked += 1
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 unbiased = var * count / (count - 1).clamp(min=1)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)
+                # .to(): under fairseq's common.bf16 the buffers are bf16 (the whole model is cast)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), momentum)
         y = (h - mean[:, None]) * torch.rsqrt(var[:, None] + self.eps)
         if self.affine:
             y = y * self.weight[:, None] + self.bias[:, None]
