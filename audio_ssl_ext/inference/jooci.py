@@ -30,7 +30,25 @@ def joint_states(content: Sequence[torch.Tensor], other: Sequence[torch.Tensor])
     return [torch.cat([s, other[0 if i == 0 else 1 + (i - 1) // per_group]], dim=-1) for i, s in enumerate(content)]
 
 
-class JoociModel(WaveformModel):
+class JoociFeatures:
+    """What a JOOCI model gives downstream, for the trained model (``models/jooci.py``) and this
+    one alike: each defines ``_inputs`` (front features, frame padding, Content states, appended
+    groups), ``other.encoder`` and ``feature_set``."""
+
+    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
+        front, frame_padding, states, groups = self._inputs(source, lengths)
+        if self.feature_set == "content":
+            return states
+        other, _ = self.other.encoder(front, (~frame_padding).sum(-1), groups)
+        return other if self.feature_set == "other" else joint_states(states, other)
+
+    def utterance_embedding(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The Other encoder's pooled embedding (B, other_embed_dim), the speaker-like summary."""
+        front, frame_padding, _, groups = self._inputs(source, lengths)
+        return self.other.encoder(front, (~frame_padding).sum(-1), groups)[1]
+
+
+class JoociModel(JoociFeatures, WaveformModel):
     def __init__(self, model_cfg: Dict, task_cfg: Dict, features: Optional[str] = None):
         super().__init__(model_cfg, task_cfg)
         dilations = tuple(int(d) for d in model_cfg["other_dilations"])
@@ -72,14 +90,3 @@ class JoociModel(WaveformModel):
         groups = content_groups(states, self.num_groups) if self.split_and_append else None
         return front, frame_padding, states, groups
 
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
-        front, frame_padding, states, groups = self._inputs(source, lengths)
-        if self.feature_set == "content":
-            return states
-        other, _ = self.other.encoder(front, (~frame_padding).sum(-1), groups)
-        return other if self.feature_set == "other" else joint_states(states, other)
-
-    def utterance_embedding(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The Other encoder's pooled embedding (B, other_embed_dim)."""
-        front, frame_padding, _, groups = self._inputs(source, lengths)
-        return self.other.encoder(front, (~frame_padding).sum(-1), groups)[1]

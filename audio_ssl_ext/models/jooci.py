@@ -22,7 +22,7 @@ from fairseq.models import register_model
 from omegaconf import II
 from torch import nn
 
-from audio_ssl_ext.inference.jooci import FEATURE_SETS, content_groups, joint_states
+from audio_ssl_ext.inference.jooci import FEATURE_SETS, JoociFeatures, content_groups
 from audio_ssl_ext.models.music_hubert import MusicHubertConfig, MusicHubertModel
 from audio_ssl_ext.modules.collapse import check_collapse, mean_channel_std
 from audio_ssl_ext.modules.conv_features import ConvFraming
@@ -110,7 +110,7 @@ def crop_frames(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Ten
 
 
 @register_model("jooci", dataclass=JoociConfig)
-class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
+class JoociModel(JoociFeatures, TeacherCheckpointMixin, MusicHubertModel):
     teacher_description = "the RDINO teacher of the Other branch"
 
     def __init__(self, cfg: JoociConfig, task_cfg, dictionaries) -> None:
@@ -349,15 +349,3 @@ class JoociModel(TeacherCheckpointMixin, MusicHubertModel):
         if features not in FEATURE_SETS:
             raise ValueError(f"jooci features={features!r}: one of {FEATURE_SETS}")
         self.feature_set = features
-
-    def hidden_states(self, source: torch.Tensor, lengths: torch.Tensor) -> List[torch.Tensor]:
-        front, frame_padding, states, groups = self._inputs(source, lengths)
-        if self.feature_set == "content":
-            return states
-        other, _ = self.other.encoder(front, (~frame_padding).sum(-1), groups)
-        return other if self.feature_set == "other" else joint_states(states, other)
-
-    def utterance_embedding(self, source: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The Other encoder's pooled embedding (B, other_embed_dim), the speaker-like summary."""
-        front, frame_padding, _, groups = self._inputs(source, lengths)
-        return self.other.encoder(front, (~frame_padding).sum(-1), groups)[1]
