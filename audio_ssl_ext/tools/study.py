@@ -16,10 +16,11 @@ Layout under the study folder (``STUDY_DIR``, default ``study/``)::
 
 **Why ``small`` is a set of overrides here and not an overlay in ``examples/``.** It is the
 study's size, chosen for its budget (each main run under 15 minutes on 2 CPU cores) and scaled
-with its modes; it applies to seven configs (six ``tiny`` ones and ``mae_tiny``) whose keys
+with its modes; it applies to six configs (five ``tiny.yaml`` and ``mae_tiny.yaml``) whose keys
 differ by family, so one table here says it once, next to the budget it answers to, while an
-overlay per recipe would repeat it six times. The overrides go on each learner's ``tiny.yaml``
-(crops, losses, schedules as the tiny recipe; only width, depth, batch and updates change) and
+overlay would repeat it in five recipe folders. The overrides go on each learner's ``tiny.yaml``
+(losses and schedules as the tiny recipe; width, depth, batch, music2vec's crop and the updates
+change) and
 are written to each run's ``run.json`` with the whole command.
 """
 
