@@ -298,7 +298,7 @@ def data_corpus(root: str, kind: str) -> None:
 def batches(task, workers: int, epoch: int = 1):
     dataset = task.dataset("train")
     return task.get_batch_iterator(
-        dataset, max_tokens=task.cfg.get("max_tokens") or 128000, max_sentences=8, num_workers=workers,
+        dataset, max_tokens=None, max_sentences=8, num_workers=workers,
         seed=1, epoch=epoch, required_batch_size_multiple=1,
     ).next_epoch_itr(shuffle=True)
 

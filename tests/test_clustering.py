@@ -344,8 +344,8 @@ def test_command_line_round_trip_with_quality_against_the_demo_corpus(demo_corpu
 
 
 def test_predict_in_blocks_gives_the_l2_nearest_centroid(monkeypatch):
-    """predict's inner-product search over [x, 1] and [c, -|c|^2 / 2], block by block, labels every
-    frame with its L2-nearest centroid (sklearn's predict), also on features far from the origin."""
+    """predict, block by block, labels every frame with its L2-nearest centroid (sklearn's
+    predict), also on features far from the origin."""
     from sklearn.metrics import pairwise_distances_argmin
 
     import audio_ssl_ext.clustering.kmeans as kmeans

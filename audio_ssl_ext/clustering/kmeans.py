@@ -258,7 +258,10 @@ def assign(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> Tuple[np.
     return labels[:, 0].astype(np.int64), np.maximum(distances[:, 0], 0.0)
 
 
-PREDICT_BLOCK_FRAMES = 1 << 16  # frames per faiss search: 17 MB of float32 at 64 dims
+# Frames per faiss search: memory stays bounded on a long manifest's shards. (An inner-product
+# search of [x, 1] against [c, -|c|^2 / 2], which skips |x|^2, measured slower: 0.83x at 39 dims,
+# 0.77x at 768, side by side on a quiet machine.)
+PREDICT_BLOCK_FRAMES = 1 << 16
 
 
 class KMeansModel:
@@ -281,20 +284,14 @@ class KMeansModel:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise KMeansError(f"{where}: features of shape {x.shape}, the centroids are {self.dim}-dim")
         if self._index is None:
-            # argmin |x - c|^2 = argmax x.c - |c|^2 / 2: an inner-product search of [x, 1] against
-            # [c, -|c|^2 / 2] skips the |x|^2 that an L2 search computes for every frame and
-            # never uses for the argmin.
-            self._index = faiss.IndexFlatIP(self.dim + 1)
+            self._index = faiss.IndexFlatL2(self.dim)
             if use_faiss_gpu():
                 self._index = faiss.index_cpu_to_all_gpus(self._index)
-            half_norms = 0.5 * (self.centroids.astype(np.float64) ** 2).sum(1, keepdims=True)
-            self._index.add(np.hstack([self.centroids, -half_norms.astype(np.float32)]))
+            self._index.add(self.centroids)
         labels = np.empty(len(x), dtype=np.int64)
-        block = np.ones((min(len(x), PREDICT_BLOCK_FRAMES), self.dim + 1), dtype=np.float32)
         for start in range(0, len(x), PREDICT_BLOCK_FRAMES):
-            frames = x[start : start + PREDICT_BLOCK_FRAMES]
-            block[: len(frames), :-1] = frames
-            labels[start : start + len(frames)] = self._index.search(block[: len(frames)], 1)[1][:, 0]
+            block = np.ascontiguousarray(x[start : start + PREDICT_BLOCK_FRAMES], dtype=np.float32)
+            labels[start : start + len(block)] = self._index.search(block, 1)[1][:, 0]
         return labels
 
     def inertia(self, x: np.ndarray) -> float:
