@@ -30,7 +30,7 @@ import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -119,15 +119,16 @@ def soundfont_path(name: str) -> str:
     return path
 
 
-def render_notes(notes: Sequence[Note], soundfont: str, slot_seconds: float = 1.5, note_seconds: float = 0.75,
-                 clip_seconds: float = 1.0) -> List[np.ndarray]:
-    """Render all ``notes`` in one fluidsynth run (reverb and chorus off) and cut one clip each."""
+def render_slots(write_midi: Callable[[str], None], soundfont: str, count: int, slot_seconds: float,
+                 clip_seconds: float, gain: float) -> List[np.ndarray]:
+    """Render the MIDI file ``write_midi(path)`` writes in one fluidsynth run (reverb and chorus
+    off) and cut ``count`` clips of ``clip_seconds``, one every ``slot_seconds`` (mono)."""
     if shutil.which("fluidsynth") is None:
         raise EvalTaskError("fluidsynth not found: run `make setup-eval` (apt-get install fluidsynth)")
     with tempfile.TemporaryDirectory() as tmp:
-        midi, wav = os.path.join(tmp, "notes.mid"), os.path.join(tmp, "notes.wav")
-        write_note_midi(midi, notes, slot_seconds, note_seconds)
-        command = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.5",
+        midi, wav = os.path.join(tmp, "slots.mid"), os.path.join(tmp, "slots.wav")
+        write_midi(midi)
+        command = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", str(gain),
                    "-r", str(SAMPLE_RATE), "-F", wav, soundfont, midi]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0 or not os.path.isfile(wav):
@@ -138,12 +139,20 @@ def render_notes(notes: Sequence[Note], soundfont: str, slot_seconds: float = 1.
     audio = audio.mean(axis=1)
     slot, length = round(slot_seconds * SAMPLE_RATE), round(clip_seconds * SAMPLE_RATE)
     clips = []
-    for i, note in enumerate(notes):
+    for i in range(count):
         clip = np.zeros(length, dtype=np.float32)
         piece = audio[i * slot : i * slot + length]
         clip[: len(piece)] = piece
-        clips.append(clip if np.abs(clip).max() >= 1e-3 else None)
+        clips.append(clip)
     return clips
+
+
+def render_notes(notes: Sequence[Note], soundfont: str, slot_seconds: float = 1.5, note_seconds: float = 0.75,
+                 clip_seconds: float = 1.0) -> List[Optional[np.ndarray]]:
+    """One clip per note (None where the soundfont stayed silent), all in one fluidsynth run."""
+    clips = render_slots(lambda midi: write_note_midi(midi, notes, slot_seconds, note_seconds), soundfont,
+                         len(notes), slot_seconds, clip_seconds, gain=0.5)
+    return [clip if np.abs(clip).max() >= 1e-3 else None for clip in clips]
 
 
 def note_plan(pitches: Sequence[int], programs_per_family: Optional[int], rng: np.random.Generator):

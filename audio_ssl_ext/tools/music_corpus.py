@@ -26,8 +26,6 @@ import logging
 import os
 import shutil
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -41,6 +39,7 @@ from audio_ssl_ext.tools.eval_tasks import (
     TRAIN_SOUNDFONT,
     EvalTaskError,
     _var_len,
+    render_slots,
     soundfont_path,
 )
 
@@ -149,29 +148,9 @@ def write_midi(path: str, pieces: Sequence[Piece], slot_seconds: float) -> None:
 
 def render(pieces: Sequence[Piece], soundfont: str, seconds: float) -> List[np.ndarray]:
     """All ``pieces`` (of one soundfont) in one fluidsynth run, cut into one clip each."""
-    if shutil.which("fluidsynth") is None:
-        raise MusicCorpusError("fluidsynth not found: run `make setup-eval` (apt-get install fluidsynth)")
     slot = seconds + GAP_SECONDS
-    with tempfile.TemporaryDirectory() as tmp:
-        midi, wav = os.path.join(tmp, "pieces.mid"), os.path.join(tmp, "pieces.wav")
-        write_midi(midi, pieces, slot)
-        command = ["fluidsynth", "-n", "-i", "-q", "-R", "0", "-C", "0", "-g", "0.4",
-                   "-r", str(SAMPLE_RATE), "-F", wav, soundfont_path(soundfont), midi]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0 or not os.path.isfile(wav):
-            raise MusicCorpusError(f"{' '.join(command)} failed: {proc.stderr[-2000:]}")
-        audio, rate = sf.read(wav, dtype="float32", always_2d=True)
-    if rate != SAMPLE_RATE:
-        raise MusicCorpusError(f"fluidsynth wrote {rate} Hz, asked for {SAMPLE_RATE}")
-    audio = audio.mean(axis=1)
-    step, length = round(slot * SAMPLE_RATE), round(seconds * SAMPLE_RATE)
-    clips = []
-    for i in range(len(pieces)):
-        clip = np.zeros(length, dtype=np.float32)
-        piece = audio[i * step : i * step + length]
-        clip[: len(piece)] = piece
-        clips.append(clip)
-    return clips
+    return render_slots(lambda midi: write_midi(midi, pieces, slot), soundfont_path(soundfont), len(pieces), slot,
+                        seconds, gain=0.4)
 
 
 def build_music_corpus(out_dir: str, clips: int = 600, seconds: float = 4.0, seed: int = 0) -> str:
