@@ -12,7 +12,10 @@ from audio_ssl_ext.clustering.iterations import run_iterations
 from tests.faults.test_clustering_faults import config, fake_training, tones  # noqa: F401 (fixtures)
 
 
-def test_every_published_file_is_fsynced_before_its_rename_and_its_folder_after(tones, tmp_path, monkeypatch, fake_training):  # noqa: F811
+@pytest.fixture
+def publishes(monkeypatch):
+    """Every os.replace as (published paths, folder fsyncs as (inode, publishes before it));
+    a rename of a file that was not fsynced fails the test."""
     real_fsync, real_replace = os.fsync, os.replace
     synced, published, folder_syncs = set(), [], []
 
@@ -32,6 +35,11 @@ def test_every_published_file_is_fsynced_before_its_rename_and_its_folder_after(
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    return published, folder_syncs
+
+
+def test_every_published_file_is_fsynced_before_its_rename_and_its_folder_after(tones, tmp_path, publishes, fake_training):  # noqa: F811
+    published, folder_syncs = publishes
     run_iterations(config(tones, tmp_path, iterations=2, clusters=[4, 3]))
     names = {os.path.relpath(p, tmp_path / "work") for p in published}
     # shards, their .len and .json, k-means and its .json, labels, dictionary, params.json,
@@ -77,24 +85,10 @@ def test_checkpoint_writes_use_the_one_atomic_write(tmp_path, monkeypatch):
     assert calls == [str(tmp_path / "checkpoint_last.pt")]
 
 
-def test_manifests_are_published_fsynced(tmp_path, monkeypatch):
+def test_manifests_are_published_fsynced(tmp_path, publishes):
     from audio_ssl_ext.data.manifest import read_manifest, write_manifest
 
-    real_fsync, real_replace = os.fsync, os.replace
-    synced = set()
-
-    def fsync(fd):
-        st = os.fstat(fd)
-        synced.add((st.st_dev, st.st_ino))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        st = os.stat(src)
-        assert (st.st_dev, st.st_ino) in synced, f"{dst} published without fsync"
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
     write_manifest(str(tmp_path / "train.tsv"), str(tmp_path), ["a.wav", "b.wav"], [16000, 8000])
+    assert publishes[0] == [str(tmp_path / "train.tsv")]
     assert read_manifest(str(tmp_path / "train.tsv")).sizes == [16000, 8000]
     assert sorted(os.listdir(tmp_path)) == ["train.tsv"]
