@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 TRUST_HINT = (
     "If you trust whoever made the file, load it with trust_checkpoint=True (load_model, HEAR's "
     "--model-options '{\"trust_checkpoint\": true}', s3prl's -g trust_checkpoint=true) or --trust-checkpoint "
-    "(scripts/probe.py)"
+    "(scripts/probe.py, scripts/dump_features.py)"
 )
 
 
