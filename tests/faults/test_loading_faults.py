@@ -57,14 +57,20 @@ class RunsCodeWhenUnpickled:
         return open, (self.marker, "w")
 
 
+def hostile_copy(checkpoint, path):
+    """``checkpoint`` with a payload that creates ``<folder>/ran`` when unpickled; the marker's path."""
+    marker = path.parent / "ran"
+    state = torch.load(checkpoint, weights_only=True)
+    state["extra_state"] = {"payload": RunsCodeWhenUnpickled(str(marker))}
+    torch.save(state, path)
+    return marker
+
+
 def test_checkpoint_holding_other_classes_is_refused_without_running_them(checkpoint, tmp_path):
     from audio_ssl_ext.downstream.load import load_model
 
-    marker = tmp_path / "ran"
-    state = torch.load(checkpoint, weights_only=True)
-    state["extra_state"] = {"payload": RunsCodeWhenUnpickled(str(marker))}
     hostile = tmp_path / "hostile.pt"
-    torch.save(state, hostile)
+    marker = hostile_copy(checkpoint, hostile)
     with pytest.raises(CheckpointError, match=r"hostile\.pt: the checkpoint refers to io\.open, outside the allow-list.*trust_checkpoint=True"):
         load_model(str(hostile))
     assert not marker.exists()
@@ -126,11 +132,8 @@ def test_checkpoint_with_nan_weights_names_the_parameter(checkpoint, tmp_path):
 def test_jooci_reads_its_content_checkpoint_safely(checkpoint, tmp_path):
     from audio_ssl_ext.models.jooci import JoociModel
 
-    marker = tmp_path / "ran"
-    state = torch.load(checkpoint, weights_only=True)
-    state["extra_state"] = {"payload": RunsCodeWhenUnpickled(str(marker))}
     hostile = tmp_path / "content.pt"
-    torch.save(state, hostile)
+    marker = hostile_copy(checkpoint, hostile)
     stub = types.SimpleNamespace(cfg=types.SimpleNamespace(content_checkpoint=str(hostile)),
                                  content_initialized=torch.tensor(False))
     with pytest.raises(CheckpointError, match=r"content\.pt: the checkpoint refers to io\.open"):
