@@ -106,5 +106,11 @@ def read_audio(
             wav = audio.read(frames, dtype="float32", always_2d=True)
         except Exception as err:
             raise AudioInputError(f"{where}: cannot read audio ({err})") from err
+        promised = audio.frames - start if frames < 0 else min(frames, audio.frames - start)
+    if len(wav) != promised:  # a truncated MP3 keeps its header's length and decodes short
+        raise AudioInputError(
+            f"{where}: decoded {len(wav)} samples from sample {start}, the header promises {promised}: "
+            f"the file is truncated or corrupt"
+        )
     check_samples(wav, where, start)
     return wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]

@@ -175,3 +175,15 @@ def test_probe_reads_task_audio_through_the_checks(tmp_path):
     sf.write(path, clip, SR, subtype="FLOAT")
     with pytest.raises(AudioInputError, match=r"clip\.wav: 1 non-finite samples"):
         embed_split(lambda clips: np.zeros((len(clips), 1, 2)), [str(path)])
+
+
+def test_a_truncated_file_whose_header_keeps_its_length_is_refused(tmp_path):
+    """A cut MP3 keeps its header's frame count and decodes short: the missing samples must not
+    become padding."""
+    path = tmp_path / "cut.mp3"
+    sf.write(path, (0.1 * np.sin(np.arange(48000) / 10)).astype(np.float32), SR, format="MP3")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    assert sf.info(str(path)).frames == 48000
+    with pytest.raises(AudioInputError, match=r"cut\.mp3: decoded 0 samples from sample 30000, the header promises 10000"):
+        read_audio(str(path), SR, start=30000, frames=10000, expected_length=48000)
