@@ -33,7 +33,7 @@ from audio_ssl_ext.clustering.provenance import describe_changes, sha256_file
 from audio_ssl_ext.clustering.shards import ShardError, ShardWriter, shard_paths, shard_range
 from audio_ssl_ext.data.audio import AudioInputError, read_audio
 from audio_ssl_ext.data.manifest import read_manifest
-from audio_ssl_ext.durable import atomic_write_json
+from audio_ssl_ext.durable import atomic_write_json, remove_quietly
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,10 @@ def dump_features(
     npy_path, len_path = shard_paths(feat_dir, split, rank, nshard)
     frames_total = 0
     with ShardWriter(feat_dir, split, rank, nshard) as writer:
+        # The new info is published before the new shard: a re-dump cut short between the two must
+        # not leave the old shard under it (shard_exists then says redo it).
+        for old in (npy_path, len_path):
+            remove_quietly(old)
         lines = range(start, end)
         for i in tqdm(lines, desc=f"features {split} {rank}/{nshard}", unit="file", disable=not progress):
             path, line = manifest.audio_path(i), manifest.line_numbers[i]

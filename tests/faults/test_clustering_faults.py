@@ -454,3 +454,25 @@ def test_a_pickled_kmeans_is_refused_and_the_advice_converts_it(tmp_path):
     subprocess.run([sys.executable, "-c", advice], cwd=tmp_path, check=True, timeout=120)
     converted = KMeansModel.load(str(tmp_path / "km.npy"))
     np.testing.assert_allclose(converted.centroids, sklearn_model.cluster_centers_, rtol=1e-6)
+
+
+def test_a_redump_cut_short_leaves_no_old_shard_under_the_new_info(tones, tmp_path, monkeypatch):
+    """A re-dump into the same folder with another source, killed after its info and .len are
+    published but before its .npy: the old source's .npy must not stay under the new info
+    (readers trust the info), so that the shard counts as missing and is redone."""
+    import audio_ssl_ext.clustering.shards as shards
+
+    train, feat_dir = os.path.join(tones, "train.tsv"), str(tmp_path / "feats")
+    dump_features(train, "train", FrontendFeatures("mfcc", SR, 100.0), feat_dir, progress=False)
+    assert shards.shard_exists(feat_dir, "train", 0, 1)
+    real_publish = shards.publish
+
+    def killed_before_the_npy(tmp, path):
+        if path.endswith(".npy"):
+            raise KeyboardInterrupt
+        real_publish(tmp, path)
+
+    monkeypatch.setattr(shards, "publish", killed_before_the_npy)
+    with pytest.raises(KeyboardInterrupt):
+        dump_features(train, "train", FrontendFeatures("chroma", SR, 100.0), feat_dir, progress=False)
+    assert not shards.shard_exists(feat_dir, "train", 0, 1)
