@@ -284,6 +284,22 @@ def test_teacher_only_when_asked(exported, tmp_path):
         torch.testing.assert_close(teacher[key], value.float())
     with pytest.raises(ExportError, match="keeps no teacher"):
         export_checkpoint(exported["music_hubert"][0], str(tmp_path / "no_teacher"), teacher=True)
+    # --overwrite replaces the folder: no teacher left over from the first export
+    export_checkpoint(checkpoint, str(tmp_path / "with_teacher"), overwrite=True)
+    assert "teacher.safetensors" not in os.listdir(tmp_path / "with_teacher")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export")]
+
+
+def test_automodel_refuses_a_left_padded_attention_mask(exported):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(exported["music2vec"][1], trust_remote_code=True)
+    wavs = torch.randn(2, 8000) * 0.1
+    mask = torch.ones(2, 8000, dtype=torch.long)
+    mask[1, 6000:] = 0  # right padding: fine
+    assert model(wavs, attention_mask=mask, output_hidden_states=True).hidden_states[0].shape[0] == 2
+    with pytest.raises(ValueError, match="only right padding"):
+        model(wavs, attention_mask=mask.flip(-1))
 
 
 def test_the_export_refuses_a_module_that_no_longer_matches(exported, tmp_path, monkeypatch):

@@ -119,7 +119,7 @@ def export_checkpoint(
         raise ExportError(f"{out_dir}: exists and is not empty (pass --overwrite to replace its files)")
     state = read_checkpoint(checkpoint, trust_checkpoint)
     cfg = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)
-    model_cfg, task_cfg = dict(cfg["model"]), dict(cfg.get("task") or {})
+    model_cfg, task_cfg = dict(cfg["model"]), {**(cfg.get("task") or {}), **(task_overrides or {})}
     reference = load_model(checkpoint, task_overrides=task_overrides, features=features, trust_checkpoint=trust_checkpoint)
     trained = reference.model.model if isinstance(reference.model, FairseqWaveformModel) else reference.model
     family = family_of(reference.model)
@@ -171,7 +171,8 @@ def export_checkpoint(
     if len(names) != reference.num_layers:
         raise ExportError(f"{len(names)} hidden-state names for {reference.num_layers} hidden states")
 
-    # Written into a temporary folder beside OUT and moved in: a failed export leaves no half folder.
+    # Written into a temporary folder beside OUT and renamed to OUT: a failed export leaves no half
+    # folder, and --overwrite leaves no file of the old export (a teacher, another family's code).
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export.", dir=parent)
@@ -194,9 +195,13 @@ def export_checkpoint(
                 f.write(text)
         with open(os.path.join(staging, "README.md"), "w") as f:
             f.write(model_card(config, checkpoint, teacher))
-        os.makedirs(out_dir, exist_ok=True)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        old = None
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=".export-old.", dir=parent)
+            os.replace(out_dir, old)
+        os.replace(staging, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return config

@@ -56,7 +56,12 @@ class AudioSslModel(PreTrainedModel):
     ):
         if input_values.dim() != 2:
             raise ValueError(f"input_values must be (batch, samples) at {self.config.sample_rate} Hz, got {tuple(input_values.shape)}")
-        lengths = None if attention_mask is None else attention_mask.long().sum(-1)
+        lengths = None
+        if attention_mask is not None:
+            mask = attention_mask.long()
+            if (mask[:, 1:] > mask[:, :-1]).any():  # a 0 before a 1: not right padding
+                raise ValueError("attention_mask: only right padding is supported (each item's real samples first)")
+            lengths = mask.sum(-1)
         out = self.extractor().extract_features(input_values, lengths)
         states = tuple(h.to(input_values.device) for h in out.hidden_states)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
