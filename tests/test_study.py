@@ -49,6 +49,16 @@ def test_claim_verdicts_from_intervals():
     assert study.claim_verdict(results, study.CLAIMS[3])["verdict"] == study.NOISE
 
 
+def test_one_seed_gives_no_interval_so_no_verdict():
+    """The probe gives a single seed a half-width of 0: any difference would then look real."""
+    results = fake_results({"a": {"t1": (0.9, 0.0)}, "a (random init)": {"t1": (0.1, 0.0)}})
+    assert study.compare(results, "a", "a (random init)", "t1") == study.HOLDS  # no run counts: as given
+    for model in results["tasks"]["t1"]:
+        results["tasks"]["t1"][model]["runs"] = [results["tasks"]["t1"][model]["test_mean"]]
+    assert study.compare(results, "a", "a (random init)", "t1") == study.NOISE
+    assert not study.bar_verdict(results, "a", "a (random init)")["passes"]
+
+
 def test_the_bar_counts_tasks_above_the_twin():
     twin = study.twin_name("musichubert/iter2")
     assert twin == "musichubert (random init)" == study.twin_name("musichubert/iter1")
@@ -115,7 +125,8 @@ def test_micro_study_end_to_end(tmp_path):
     claim = next(c for c in report["claims"] if c["a"] == "mwmae" and c["b"] == "mae")
     for task, verdict in claim["tasks"].items():
         a, b = (report["probe"]["tasks"][task][m] for m in ("mwmae", "mae"))
-        expected = (study.HOLDS if a["test_mean"] - a["test_ci95"] > b["test_mean"] + b["test_ci95"]
+        one_seed = len(a["runs"]) < 2 or len(b["runs"]) < 2  # micro: one seed, no interval
+        expected = (study.NOISE if one_seed else study.HOLDS if a["test_mean"] - a["test_ci95"] > b["test_mean"] + b["test_ci95"]
                     else study.DOES_NOT_HOLD if b["test_mean"] - b["test_ci95"] > a["test_mean"] + a["test_ci95"]
                     else study.NOISE)
         assert verdict == expected, task

@@ -167,7 +167,10 @@ def interval(results: dict, task: str, model: str) -> Tuple[float, float]:
 
 def compare(results: dict, a: str, b: str, task: str) -> str:
     """HOLDS when a's 95% interval lies wholly above b's, DOES_NOT_HOLD when wholly below,
-    NOISE when they overlap (touching counts as overlap)."""
+    NOISE when they overlap (touching counts as overlap) or a side has one seed (no interval:
+    the probe gives it a half-width of 0, which any difference would clear)."""
+    if any(len(results["tasks"][task][m].get("runs", (0, 0))) < 2 for m in (a, b)):
+        return NOISE
     (lo_a, hi_a), (lo_b, hi_b) = interval(results, task, a), interval(results, task, b)
     if lo_a > hi_b:
         return HOLDS
@@ -312,11 +315,23 @@ class Study:
         with open(os.path.join(folder, "made_with.json"), "w") as f:
             json.dump(record, f, indent=1)
 
+    @staticmethod
+    def manifests(audio_dir: str, out_dir: str, options) -> None:
+        """Manifests over every wav of a corpus: a file make_manifest leaves out (unreadable, too
+        short, another rate) stops the study instead of shrinking its corpus unseen."""
+        from audio_ssl_ext.data.make_manifest import build_manifests
+
+        report = build_manifests(audio_dir, out_dir, options)
+        if report.left_out:
+            first = report.left_out[0]
+            raise StudyError(f"{audio_dir}: {len(report.left_out)} file(s) left out of the manifests, e.g. "
+                             f"{first.path}: {first.reason}; remake the corpus (delete its folder)")
+
     # corpora, manifests, tasks
     def corpora(self) -> Dict[str, str]:
-        from audio_ssl_ext.data.make_manifest import ManifestOptions, build_manifests
+        from audio_ssl_ext.data.make_manifest import ManifestOptions
         from audio_ssl_ext.data.manifest import read_manifest, write_manifest
-        from audio_ssl_ext.tools.music_corpus import build_music_corpus
+        from audio_ssl_ext.tools.music_corpus import build_music_corpus, check_separation
         from audio_ssl_ext.tools.speech_corpus import SPEAKERS, build_pretraining_corpus
 
         start = time.time()
@@ -327,8 +342,9 @@ class Study:
         if not self.made_before(music, record):
             build_music_corpus(music, clips=self.mode.music_clips, seconds=self.mode.clip_seconds)
             self.record(music, record)
+        check_separation(music)  # also a corpus reused from an earlier run
         manifests["music"] = self.path("manifests", "music")
-        build_manifests(os.path.join(music, "wavs"), manifests["music"], options)
+        self.manifests(os.path.join(music, "wavs"), manifests["music"], options)
         logger.info("music corpus -> %s, manifests -> %s", music, manifests["music"])
         if any(r.corpus == "music_10pct" for r in self.runs):
             # every tenth training file (the valid split unchanged), as the MW-MAE paper's 10% subset
@@ -352,7 +368,7 @@ class Study:
                                          seconds=self.mode.clip_seconds, progress=self.progress)
                 self.record(speech, record)
             manifests["speech"] = self.path("manifests", "speech")
-            build_manifests(os.path.join(speech, "wavs"), manifests["speech"], options)
+            self.manifests(os.path.join(speech, "wavs"), manifests["speech"], options)
             logger.info("speech corpus (%d speakers) -> %s, manifests -> %s", len(speakers), speech,
                         manifests["speech"])
         self.timed("corpora", start)
