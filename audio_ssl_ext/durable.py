@@ -102,14 +102,11 @@ def atomic_write(path, write: Callable, mode: str = "wb", tmp: Optional[str] = N
     try:
         with open(tmp, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as err:
         remove_quietly(tmp)
         raise_if_disk_full(err, path)
         raise
-    fsync_dir(os.path.dirname(path))
+    publish(tmp, path)
 
 
 def atomic_write_text(path: str, text: str) -> None:
