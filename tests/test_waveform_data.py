@@ -36,27 +36,31 @@ def test_missing_file_names_manifest_line_and_file(tmp_path):
     os.remove(tmp_path / "audio" / "1.wav")
     dataset = WaveformDataset(manifest, SR, shuffle=False)
     with pytest.raises(AudioInputError, match=r"train\.tsv, line 3: .*1\.wav: audio file not found"):
-        dataset[1]
+        dataset.collater([dataset[1]])
+
+
+def first_batch(dataset):
+    return dataset.collater([dataset[0]])
 
 
 def test_unreadable_file_names_manifest_line_and_file(tmp_path):
     manifest = write_corpus(tmp_path, [16000])
     (tmp_path / "audio" / "0.wav").write_bytes(b"RIFF but not really a wav file")
     with pytest.raises(AudioInputError, match=r"train\.tsv, line 2: .*0\.wav: cannot read audio"):
-        WaveformDataset(manifest, SR)[0]
+        first_batch(WaveformDataset(manifest, SR))
 
 
 def test_wrong_sample_rate_is_refused_not_resampled(tmp_path):
     manifest = write_corpus(tmp_path, [22050], sample_rate=22050)
     with pytest.raises(AudioInputError, match=r"line 2: .*0\.wav: sample rate is 22050 Hz, the task expects 16000"):
-        WaveformDataset(manifest, SR)[0]
+        first_batch(WaveformDataset(manifest, SR))
 
 
 def test_stale_manifest_length_is_refused(tmp_path):
     manifest = write_corpus(tmp_path, [16000])
     manifest.sizes[0] = 17000
     with pytest.raises(AudioInputError, match="the manifest says 17000"):
-        WaveformDataset(manifest, SR)[0]
+        first_batch(WaveformDataset(manifest, SR))
 
 
 def test_malformed_manifest_line(tmp_path):

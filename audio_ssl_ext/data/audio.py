@@ -48,17 +48,6 @@ def _open(path: str, manifest: Optional[str], line: Optional[int], expected_samp
     return audio
 
 
-def check_audio_file(
-    path: str,
-    expected_sample_rate: Optional[int] = None,
-    manifest: Optional[str] = None,
-    line: Optional[int] = None,
-    expected_length: Optional[int] = None,
-) -> None:
-    """The checks of ``read_audio`` that need only the file's header (no samples decoded)."""
-    _open(path, manifest, line, expected_sample_rate, expected_length).close()
-
-
 def check_samples(wav: np.ndarray, where: str, start: int = 0) -> None:
     """Refuse NaN or inf samples and float samples beyond ``MAX_ABS_SAMPLE``. ``wav`` is (S,) or
     (S, channels); ``start`` is the file offset of its first sample (for the message)."""

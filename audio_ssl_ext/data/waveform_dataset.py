@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.data import FairseqDataset, data_utils
 
-from audio_ssl_ext.data.audio import AudioInputError, check_audio_file, read_audio
+from audio_ssl_ext.data.audio import AudioInputError, read_audio
 from audio_ssl_ext.data.labels import LabelSet
 from audio_ssl_ext.data.manifest import Manifest
 
@@ -116,15 +116,8 @@ class WaveformDataset(FairseqDataset):
         return len(self.indices)
 
     def __getitem__(self, index):
-        """The item's file is checked here (header only); its samples are read by the collater."""
+        """The item's samples are read (and its file checked) by the collater, which knows the crop."""
         entry = int(self.indices[index])
-        check_audio_file(
-            self.manifest.audio_path(entry),
-            self.sample_rate,
-            self.manifest.path,
-            self.manifest.line_numbers[entry],
-            expected_length=self.manifest.sizes[entry],
-        )
         item = {"id": index, "entry": entry, "length": self.manifest.sizes[entry]}
         if self.label_sets:
             item["label_list"] = [torch.from_numpy(ls.labels[entry]) for ls in self.label_sets]
