@@ -79,7 +79,7 @@ def publish(tmp: str, path: str) -> None:
     try:
         fsync_file(tmp)
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:  # an interrupt too: no temporary is left behind
         remove_quietly(tmp)
         raise_if_disk_full(err, path)
         raise
