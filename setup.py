@@ -24,6 +24,7 @@ setup(
         "omegaconf>=2.3,<2.4",
         "tensorboardX",
         "tqdm",
+        "threadpoolctl>=3",  # k-means assignment keeps BLAS single-threaded in its own threads
         "safetensors>=0.4",  # load_model reads exported folders (no pickle)
     ],
     extras_require={

@@ -279,7 +279,11 @@ def test_chunked_frontend_features_equal_one_pass(tones, name):
     np.testing.assert_allclose(chunked.features(wav), one_pass, rtol=1e-5, atol=1e-4)
 
 
-def test_dump_learn_apply_round_trip_feeds_the_training_task(tones, tmp_path):
+@pytest.mark.parametrize("block_frames", [1 << 16, 150])  # every utterance in one predict; about one each
+def test_dump_learn_apply_round_trip_feeds_the_training_task(tones, tmp_path, monkeypatch, block_frames):
+    import audio_ssl_ext.clustering.pseudo_labels as pseudo_labels
+
+    monkeypatch.setattr(pseudo_labels, "PREDICT_BLOCK_FRAMES", block_frames)
     root, manifest_path = tones
     feat_dir, label_dir = str(tmp_path / "feat"), str(tmp_path / "labels")
     source = FrontendFeatures("mfcc", SR, 100)
@@ -343,15 +347,19 @@ def test_command_line_round_trip_with_quality_against_the_demo_corpus(demo_corpu
     assert "n_clusters=100000 is more than the" in capsys.readouterr().err
 
 
-def test_predict_in_blocks_gives_the_l2_nearest_centroid(monkeypatch):
-    """predict, block by block, labels every frame with its L2-nearest centroid (sklearn's
-    predict), also on features far from the origin."""
+@pytest.mark.parametrize("dim", [39, 64])  # |c|^2 folded into the product (D < K) and added after it
+def test_predict_in_chunks_and_threads_gives_the_l2_nearest_centroid(monkeypatch, dim):
+    """predict, chunk by chunk over threads, labels every frame with its L2-nearest centroid
+    (sklearn's predict), also on features far from the origin."""
     from sklearn.metrics import pairwise_distances_argmin
 
     import audio_ssl_ext.clustering.kmeans as kmeans
 
     rng = np.random.default_rng(0)
-    x = (rng.normal(size=(1000, 39)) * 3 + 50).astype(np.float32)
-    model = KMeansModel(x[rng.choice(1000, 20, replace=False)] + rng.normal(size=(20, 39)).astype(np.float32))
-    monkeypatch.setattr(kmeans, "PREDICT_BLOCK_FRAMES", 300)  # 4 blocks, the last one short
-    np.testing.assert_array_equal(model.predict(x), pairwise_distances_argmin(x, model.centroids))
+    x = (rng.normal(size=(1000, dim)) * 3 + 50).astype(np.float32)
+    model = KMeansModel(x[rng.choice(1000, 48, replace=False)] + rng.normal(size=(48, dim)).astype(np.float32))
+    expected = pairwise_distances_argmin(x, model.centroids)
+    monkeypatch.setattr(kmeans, "CHUNK_FRAMES", 128)  # 8 chunks, the last one short
+    np.testing.assert_array_equal(model.predict(x), expected)
+    for threads in (1, 3):
+        np.testing.assert_array_equal(kmeans.nearest_centroids(x, model.centroids, threads=threads), expected)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from audio_ssl_ext.clustering.dump import check_shards
-from audio_ssl_ext.clustering.kmeans import KMeansModel
+from audio_ssl_ext.clustering.kmeans import PREDICT_BLOCK_FRAMES, KMeansModel
 from audio_ssl_ext.clustering.shards import check_finite, read_shards
 from audio_ssl_ext.data.labels import LabelError, expected_frames
 from audio_ssl_ext.data.manifest import read_manifest
@@ -108,14 +108,26 @@ def apply_kmeans(
         entry = 0
         with tqdm(total=utterances, desc=f"labels {split}.{name}", unit="file", disable=not progress) as bar:
             for shard in shards:
-                for i in range(len(shard)):
-                    _check_length(shard, i, manifest, entry, sample_rate, label_rate, tolerance_seconds)
-                    features = np.asarray(shard.utterance(i), dtype=np.float32)
-                    check_finite(features, f"{shard.npy_path} (utterance {i + 1}, {shard.len_path} line {i + 1})")
-                    labels = model.predict(features, shard.npy_path)
-                    out.write(" ".join(map(str, labels.tolist())) + "\n")
-                    entry += 1
-                    bar.update()
+                # utterances grouped into blocks of about PREDICT_BLOCK_FRAMES rows, one predict each:
+                # one call per utterance spent more time in the call than in the search
+                first = 0
+                while first < len(shard):
+                    last, rows = first, 0
+                    while last < len(shard) and (rows == 0 or rows + shard.lengths[last] <= PREDICT_BLOCK_FRAMES):
+                        _check_length(shard, last, manifest, entry + last - first, sample_rate, label_rate,
+                                      tolerance_seconds)
+                        check_finite(shard.utterance(last),
+                                     f"{shard.npy_path} (utterance {last + 1}, {shard.len_path} line {last + 1})")
+                        rows += shard.lengths[last]
+                        last += 1
+                    start = shard.offsets[first]
+                    labels = model.predict(shard.features[start : start + rows], shard.npy_path)
+                    for i in range(first, last):
+                        begin = shard.offsets[i] - start
+                        out.write(" ".join(map(str, labels[begin : begin + shard.lengths[i]].tolist())) + "\n")
+                    entry += last - first
+                    bar.update(last - first)
+                    first = last
 
     with OutputLock(label_dir, f"{split}.{name}"):
         write_dictionary(label_dir, name, model.n_clusters)
