@@ -31,7 +31,10 @@ Each learner's line also gives our step's FLOPs (torch's FlopCounterMode: matmul
 forward and backward) and the TFLOP/s achieved; with ``--peak-tflops`` the model FLOPs utilization.
 On a GPU: ``--device cuda --bf16 --shapes base --peak-tflops 989``.
 
-Usage: python scripts/train_bench.py [--shapes tiny base] [--learners ...] [--pairs 10] [--threads 2] [--data]
+``--shapes small`` is the study's size (``make study``): each learner's tiny.yaml with
+``audio_ssl_ext.tools.study.SMALL``'s overrides, and the stock model with the same table's.
+
+Usage: python scripts/train_bench.py [--shapes tiny small base] [--learners ...] [--pairs 10] [--threads 2] [--data]
 """
 
 import argparse
@@ -56,8 +59,9 @@ EXAMPLES = os.path.join(REPO, "examples")
 
 # Per shape: (batch size, crop samples for the waveform learners). Base runs a small batch and a
 # 2 s crop (JOOCI 4 s: its global crops) so that a CPU gets through a few steps; the patch
-# learners' crop is fixed by their config (input_frames).
-SHAPES = {"tiny": (8, 32000), "base": (2, 32000)}
+# learners' crop is fixed by their config (input_frames). small is the study's size: tiny.yaml
+# with audio_ssl_ext.tools.study.SMALL's overrides (see sized()).
+SHAPES = {"tiny": (8, 32000), "small": (8, 32000), "base": (2, 32000)}
 
 
 @dataclasses.dataclass
@@ -67,6 +71,7 @@ class Pair:
     stock_config_dir: str
     stock_config: Callable[[str], str]  # shape -> config name
     stock_kind: str  # "hubert" | "data2vec_audio" | "same" (a registered model of ours)
+    families: Tuple[str, str]  # keys of the study's SMALL table for ours and the stock
     stock_overrides: Callable[[object], List[str]] = lambda cfg: []
 
 
@@ -78,11 +83,14 @@ def jepa_encoder_as_mae(cfg) -> List[str]:
 
 
 PAIRS = {
-    "music_hubert": Pair("music_hubert", "musichubert", "musichubert", lambda s: s, "hubert"),
-    "music2vec": Pair("music2vec", "music2vec", "music2vec", lambda s: s, "data2vec_audio"),
-    "mw_mae": Pair("mw_mae", "mwmae", "mwmae", lambda s: f"mae_{s}", "same"),
-    "audio_jepa": Pair("audio_jepa", "audiojepa", "mwmae", lambda s: f"mae_{s}", "same", jepa_encoder_as_mae),
-    "jooci": Pair("jooci", "jooci", "musichubert", lambda s: s, "same",
+    "music_hubert": Pair("music_hubert", "musichubert", "musichubert", lambda s: s, "hubert",
+                         ("musichubert", "musichubert")),
+    "music2vec": Pair("music2vec", "music2vec", "music2vec", lambda s: s, "data2vec_audio", ("music2vec", "music2vec")),
+    "mw_mae": Pair("mw_mae", "mwmae", "mwmae", lambda s: f"mae_{s}", "same", ("mwmae", "mae")),
+    "audio_jepa": Pair("audio_jepa", "audiojepa", "mwmae", lambda s: f"mae_{s}", "same", ("audiojepa", "mae"),
+                       jepa_encoder_as_mae),
+    # the stock of JOOCI's Content size: SMALL["jooci"]'s encoder on musicHuBERT
+    "jooci": Pair("jooci", "jooci", "musichubert", lambda s: s, "same", ("jooci", "jooci"),
                   lambda cfg: [f"task.labels=[{','.join(cfg.task.labels)}]", f"task.label_rate={cfg.task.label_rate}",
                                f"task.max_sample_size={cfg.task.max_sample_size}",
                                f"task.min_sample_size={cfg.task.min_sample_size}",
@@ -221,13 +229,25 @@ def interleaved(ours: Callable, stock: Callable, pairs: int, warmup: int, desc: 
     return timings
 
 
+def sized(shape: str, config_name: str, family: str) -> Tuple[str, List[str]]:
+    """(config name, overrides) of a shape's config: small is tiny's with the study's overrides."""
+    if shape != "small":
+        return config_name, []
+    from audio_ssl_ext.tools.study import SMALL
+
+    return config_name.replace("small", "tiny"), list(SMALL[family])
+
+
 def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
     batch, crop = SHAPES[shape]
     with tempfile.TemporaryDirectory() as ours_root, tempfile.TemporaryDirectory() as stock_root:
-        ours_model, ours_criterion, ours_sample = build(pair.config_dir, shape, [], "same", batch, crop, ours_root)
-        ours_cfg = compose(pair.config_dir, shape, ours_root, crop)
-        stock = build(pair.stock_config_dir, pair.stock_config(shape), pair.stock_overrides(ours_cfg), pair.stock_kind,
-                      batch, crop, stock_root)
+        ours_name, ours_overrides = sized(shape, shape, pair.families[0])
+        ours_model, ours_criterion, ours_sample = build(pair.config_dir, ours_name, ours_overrides, "same", batch,
+                                                        crop, ours_root)
+        ours_cfg = compose(pair.config_dir, ours_name, ours_root, crop, ours_overrides)
+        stock_config, stock_overrides = sized(shape, pair.stock_config(shape), pair.families[1])
+        stock = build(pair.stock_config_dir, stock_config, stock_overrides + pair.stock_overrides(ours_cfg),
+                      pair.stock_kind, batch, crop, stock_root)
         ours_step = make_step(ours_model, ours_criterion, ours_sample, args.device, args.bf16)
         stock_step = make_step(*stock, args.device, args.bf16)
         if args.profile == pair.learner:
@@ -241,7 +261,7 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
     ours_s = statistics.median(a[0] for a, _ in timings)
     stock_s = statistics.median(b[0] for _, b in timings)
     print(
-        f"{pair.learner:13s} {shape:4s} batch {tuple(source.shape)}: ours {1 / ours_s:6.2f} updates/s "
+        f"{pair.learner:13s} {shape:5s} batch {tuple(source.shape)}: ours {1 / ours_s:6.2f} updates/s "
         f"{audio_seconds / ours_s:7.1f} audio s/s | stock ({stock_name(pair)}) {1 / stock_s:6.2f} updates/s | "
         f"ours/stock wall {statistics.median(wall):.3f} (spread {min(wall):.3f}-{max(wall):.3f}) "
         f"cpu {statistics.median(cpu):.3f}",
