@@ -16,7 +16,7 @@ import sys
 
 from audio_ssl_ext.clustering.dump import check_shards
 from audio_ssl_ext.clustering.kmeans import KMeansError, learn_kmeans
-from audio_ssl_ext.clustering.shards import ShardError, read_shards, sample_rows
+from audio_ssl_ext.clustering.shards import ShardError, check_percent, read_shards, sample_rows
 from audio_ssl_ext.durable import DurableError
 
 
@@ -40,8 +40,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", force=True)
     log = logging.getLogger("learn_kmeans")
     try:
-        if not (0 < args.percent <= 1 or args.percent == -1):  # before reading any shard
-            raise KMeansError(f"--percent {args.percent:g}: the share of utterances must be in (0, 1], or -1 for all")
+        check_percent(args.percent)
         shards = read_shards(args.feat_dir, args.split, args.nshard)
         info = check_shards(args.feat_dir, args.split, args.nshard)  # one manifest, one source
         sample = sample_rows(shards, args.percent, args.max_frames, args.seed)

@@ -55,7 +55,7 @@ from audio_ssl_ext.clustering.quality import (
     read_label_lines,
     references_in_manifest_order,
 )
-from audio_ssl_ext.clustering.shards import ShardError, read_shards, sample_rows, shard_exists
+from audio_ssl_ext.clustering.shards import ShardError, check_percent, read_shards, sample_rows, shard_exists
 from audio_ssl_ext.data.labels import LabelError, load_label_set
 from audio_ssl_ext.data.manifest import ManifestError, read_manifest
 from audio_ssl_ext.durable import OutputLock, atomic_write_json, atomic_write_text
@@ -396,8 +396,7 @@ def check_inputs(cfg: IterationsConfig) -> None:
             f"{config_path(cfg)}: training config not found (--config-dir is the folder of the musicHuBERT "
             f"configs, examples/musichubert in the repository; --config-name one of its files)"
         )
-    if not (0 < cfg.percent <= 1 or cfg.percent == -1):
-        raise IterationsError(f"--percent {cfg.percent:g}: the share of training utterances for k-means, in (0, 1], or -1 for all")
+    check_percent(cfg.percent)
     for flag, value, low in (("--iterations", cfg.iterations, 1), ("--niter", cfg.niter, 0), ("--n-init", cfg.n_init, 1),
                              ("--nredo", cfg.nredo, 1), ("--max-frames", cfg.max_frames, -1)):
         if value < low or (flag == "--max-frames" and value == 0):

@@ -286,13 +286,18 @@ def sample_rows(
     return out
 
 
+def check_percent(percent: float) -> None:
+    """fairseq's ``--percent``: a share in (0, 1], or -1 for all (checked before any shard is read)."""
+    if not (0 < percent <= 1 or percent == -1):
+        raise ShardError(f"--percent {percent:g}: the share of utterances must be in (0, 1], or -1 for all")
+
+
 def _chosen_utterances(shard: Shard, percent: float, rng: np.random.Generator) -> np.ndarray:
-    if 0 < percent < 1:
-        count = max(1, int(np.ceil(len(shard) * percent)))
-        return np.sort(rng.choice(len(shard), count, replace=False))
+    check_percent(percent)
     if percent == -1 or percent == 1:
         return np.arange(len(shard))
-    raise ShardError(f"--percent {percent:g}: the share of utterances to sample must be in (0, 1], or -1 for all")
+    count = max(1, int(np.ceil(len(shard) * percent)))
+    return np.sort(rng.choice(len(shard), count, replace=False))
 
 
 def _positions_to_rows(shard: Shard, utterances: np.ndarray, positions: np.ndarray) -> np.ndarray:

@@ -365,10 +365,15 @@ def test_iterations_refuse_an_empty_valid_manifest_before_any_work(tones, tmp_pa
     assert not work.exists()
 
 
-def test_learn_kmeans_refuses_percent_zero(tmp_path, capsys):
+def test_learn_kmeans_and_the_iterations_refuse_percent_zero(tones, tmp_path, capsys):
     fake_layer_shards(str(tmp_path / "feats"), 6)
     code = load_script("learn_kmeans").main([str(tmp_path / "feats"), "train", str(tmp_path / "km.npy"), "--n-clusters", "2", "--percent", "0"])
     assert "--percent 0: the share of utterances must be in (0, 1], or -1 for all" in one_line_error(capsys, code)
+    work = tmp_path / "work"  # before any work
+    code = load_script("hubert_iterations").main([tones, str(work), "--config-dir", os.path.join(REPO_ROOT, "examples", "musichubert"),
+                                                   "--percent", "0"])
+    assert "--percent 0: the share of utterances must be in (0, 1], or -1 for all" in one_line_error(capsys, code)
+    assert not work.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated npy", "extra key in json", "missing key in json"])
