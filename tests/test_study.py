@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from audio_ssl_ext.tools import study
 from audio_ssl_ext.tools.eval_tasks import TEST_SOUNDFONT, TRAIN_SOUNDFONT
@@ -133,3 +134,35 @@ def test_micro_study_end_to_end(tmp_path):
     assert f"| {claim['claim']} | mwmae vs mae |" in table
     assert {row["model"] for row in report["bar"]} == {"mwmae", "mae"}
     assert os.path.isfile(out / "study.log")
+
+
+@pytest.mark.parametrize("family", sorted(study.SMALL))
+def test_the_gpu_modes_larger_small_composes_and_builds(family):
+    """--gpu's size goes after SMALL's on each tiny config: the encoder it describes builds (on the
+    meta device, as the export builds it) at twice small's width."""
+    from omegaconf import OmegaConf
+
+    from audio_ssl_ext.inference.build import build_model
+    from tests.utils import compose_example_config
+
+    runs = {r.family: r for r in study.MAIN_RUNS}
+    run = runs.get(family, study.Run("musichubert", "musichubert", "musichubert", "tiny"))
+    small, gpu = (study.size_overrides(study.MODES[m], family) for m in ("full", "gpu"))
+    kind = {"jooci": "jooci", "musichubert": "waveform", "music2vec": "waveform"}.get(family, "spectrogram")
+    overrides = ["task.data=unused"] + (["++task.label_dir=unused"] if kind != "spectrogram" else [])
+    widths = {}
+    for name, size in (("small", small), ("gpu", gpu)):
+        cfg = compose_example_config(run.config_dir, run.config_name, overrides + size)
+        with torch.device("meta"):
+            model = build_model({"family": kind, "model": OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True),
+                                 "task": OmegaConf.to_container(cfg.task, resolve=True, enum_to_str=True)})
+        widths[name] = (cfg.model.encoder_embed_dim, sum(p.numel() for p in model.parameters()))
+    assert widths["small"][0] == 192 and widths["gpu"][0] == 384, widths
+    assert widths["gpu"][1] > 4 * widths["small"][1], widths
+
+
+def test_the_gpu_mode_refuses_a_machine_without_cuda(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(study.StudyError, match="the gpu mode trains on a CUDA GPU, and torch sees none here"):
+        study.Study(str(tmp_path), study.MODES["gpu"], "unused")

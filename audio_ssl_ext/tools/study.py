@@ -62,6 +62,25 @@ SMALL: Dict[str, List[str]] = {
     "audiojepa": SPECTROGRAM_SMALL + ["model.predictor_embed_dim=96", "model.predictor_layers=2",
                                       "model.predictor_attention_heads=4"],
 }
+# The GPU's larger small (--gpu): twice the width and 1.5x the depth, twice the channels and batch;
+# appended to SMALL's overrides (the later value of a key wins).
+CONV_GPU = "[(256, 10, 5), (256, 8, 4), (256, 4, 4), (256, 4, 4)]"
+WAVEFORM_GPU = [
+    "model.encoder_layers=6", "model.encoder_embed_dim=384", "model.encoder_ffn_embed_dim=1536",
+    "model.encoder_attention_heads=6", f"model.conv_feature_layers='{CONV_GPU}'", "model.conv_pos=64",
+    "dataset.max_tokens=512000",  # 16 crops of 2 s
+]
+SPECTROGRAM_GPU = ["model.encoder_embed_dim=384", "model.encoder_layers=6", "model.encoder_attention_heads=6",
+                   "dataset.batch_size=64"]
+GPU_SIZE: Dict[str, List[str]] = {
+    "musichubert": WAVEFORM_GPU,
+    "music2vec": WAVEFORM_GPU,
+    "jooci": [o for o in WAVEFORM_GPU if not o.startswith("model.encoder_layers=")] + ["model.encoder_layers=3"],
+    "mwmae": SPECTROGRAM_GPU + ["model.decoder_embed_dim=192", "model.decoder_layers=2"],
+    "mae": SPECTROGRAM_GPU + ["model.decoder_embed_dim=192", "model.decoder_layers=2"],
+    "audiojepa": SPECTROGRAM_GPU + ["model.predictor_embed_dim=192", "model.predictor_layers=2",
+                                    "model.predictor_attention_heads=6"],
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +154,8 @@ class Mode:
     digit_f0_steps: int
     clusters: List[int] = field(default_factory=lambda: [100, 500])
     probe_max_epochs: int = 500
+    size: Dict[str, List[str]] = field(default_factory=dict)  # per family, after SMALL's (the GPU's larger small)
+    needs_cuda: bool = False
 
 
 MODES = {
@@ -142,6 +163,12 @@ MODES = {
                  updates={"musichubert": 400, "music2vec": 500, "jooci": 300, "mwmae": 1500, "mae": 1500, "audiojepa": 1200},
                  seeds=5, eval_pitches=tuple(range(48, 73, 3)), eval_programs_per_family=None,
                  digit_rates=(0.8, 1.0, 1.25), digit_f0_steps=3),
+    # A GPU (default when torch sees one): full's corpus and tasks, the larger size, twice the updates.
+    # Not run yet (no GPU here): the 15-minute budget on an H100/H200 is an estimate.
+    "gpu": Mode("gpu", music_clips=900, clip_seconds=4.0,
+                updates={"musichubert": 800, "music2vec": 1000, "jooci": 600, "mwmae": 3000, "mae": 3000, "audiojepa": 2400},
+                seeds=5, eval_pitches=tuple(range(48, 73, 3)), eval_programs_per_family=None,
+                digit_rates=(0.8, 1.0, 1.25), digit_f0_steps=3, size=GPU_SIZE, needs_cuda=True),
     "quick": Mode("quick", music_clips=240, clip_seconds=4.0,
                   updates={"musichubert": 80, "music2vec": 100, "jooci": 60, "mwmae": 200, "mae": 200, "audiojepa": 150},
                   seeds=3, eval_pitches=(48, 55, 60, 67, 72), eval_programs_per_family=4,
@@ -151,6 +178,18 @@ MODES = {
                   updates={**{k: 2 for k in SMALL}, "music2vec": 10}, seeds=1, eval_pitches=(48, 60, 72), eval_programs_per_family=2,
                   digit_rates=(1.0,), digit_f0_steps=1, clusters=[8, 8], probe_max_epochs=5),
 }
+
+
+def size_overrides(mode: Mode, family: str) -> List[str]:
+    """A run's size (SMALL, then the mode's larger size if any) and its mode's schedule."""
+    updates = mode.updates[family]
+    common = [f"optimization.max_update={updates}", f"checkpoint.save_interval_updates={updates}",
+              f"dataset.validate_interval_updates={updates}", f"common.log_interval={max(1, updates // 25)}"]
+    if family in ("musichubert", "jooci", "mwmae", "mae", "audiojepa"):
+        common.append(f"lr_scheduler.warmup_updates={max(1, updates // 10)}")
+    if family == "music2vec":
+        common.append(f"model.ema_anneal_end_step={updates}")
+    return SMALL[family] + list(mode.size.get(family, ())) + common
 
 
 class StudyError(RuntimeError):
@@ -288,6 +327,11 @@ class Study:
         if unknown:
             raise StudyError(f"--only {unknown}: not runs of the study (runs: musichubert, "
                              f"{', '.join(r.name for r in MAIN_RUNS + VARIANT_RUNS)})")
+        if mode.needs_cuda:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise StudyError(f"the {mode.name} mode trains on a CUDA GPU, and torch sees none here")
         chosen = set(only) if only else None
         self.hubert = chosen is None or bool(chosen & {"musichubert", *HUBERT_RUNS, "jooci"})
         self.runs = [r for r in MAIN_RUNS + VARIANT_RUNS if chosen is None or r.name in chosen]
@@ -395,16 +439,6 @@ class Study:
         return tasks
 
     # training
-    def size_overrides(self, family: str) -> List[str]:
-        updates = self.mode.updates[family]
-        common = [f"optimization.max_update={updates}", f"checkpoint.save_interval_updates={updates}",
-                  f"dataset.validate_interval_updates={updates}", f"common.log_interval={max(1, updates // 25)}"]
-        if family in ("musichubert", "jooci", "mwmae", "mae", "audiojepa"):
-            common.append(f"lr_scheduler.warmup_updates={max(1, updates // 10)}")
-        if family == "music2vec":
-            common.append(f"model.ema_anneal_end_step={updates}")
-        return SMALL[family] + common
-
     def train(self, run: Run, manifest_dir: str, label_dirs: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
         from audio_ssl_ext.clustering.iterations import PACKAGE_DIR, hydra_string
         from audio_ssl_ext.clustering.provenance import sha256_file
@@ -419,7 +453,7 @@ class Study:
             hydra_string("common.user_dir", PACKAGE_DIR), hydra_string("task.data", manifest_dir),
             hydra_string("checkpoint.save_dir", os.path.join(folder, "checkpoints")),
             hydra_string("common.tensorboard_logdir", os.path.join(folder, "tb")),
-            *self.size_overrides(run.family), *extra,
+            *size_overrides(self.mode, run.family), *extra,
         ]
         # what it is trained on, by content: the same paths may hold another corpus or labels now
         inputs = {name: sha256_file(os.path.join(directory, name)) for directory in (manifest_dir, *label_dirs)
@@ -453,7 +487,7 @@ class Study:
         cfg = IterationsConfig(manifest_dir=manifest_dir, work_dir=self.path("musichubert"),
                                config_dir=os.path.join(self.examples, "musichubert"), config_name="tiny",
                                iterations=2, clusters=list(self.mode.clusters),
-                               train_overrides=self.size_overrides("musichubert"), progress=self.progress)
+                               train_overrides=size_overrides(self.mode, "musichubert"), progress=self.progress)
         # The iterations reuse what was made from the same inputs and refuse other inputs; the
         # study starts a run afresh when its settings changed (another mode), as every other run.
         record = {k: v for k, v in asdict(cfg).items() if k != "progress"}
