@@ -30,7 +30,7 @@ import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -90,26 +90,29 @@ def _var_len(value: int) -> bytes:
     return bytes(reversed(out))
 
 
-def write_note_midi(path: str, notes: Sequence[Note], slot_seconds: float, note_seconds: float) -> None:
-    """A format-0 MIDI file playing ``notes`` one after another, note i at i * slot_seconds.
-
-    One tick is one millisecond (1000 ticks per beat at 1 000 000 us per beat). Each note sets its
-    program first, on channel 0 (channel 9 is GM percussion).
-    """
-    events = bytearray()
-    events += b"\x00\xff\x51\x03" + (1_000_000).to_bytes(3, "big")  # tempo: 1 s per beat
+def write_midi(path: str, events: Iterable[Tuple[int, bytes]], end_ms: int) -> None:
+    """A format-0 MIDI file of (millisecond, message) events in time order, ending at ``end_ms``.
+    One tick is one millisecond (1000 ticks per beat at 1 000 000 us per beat)."""
+    track = bytearray(b"\x00\xff\x51\x03" + (1_000_000).to_bytes(3, "big"))  # tempo: 1 s per beat
     now = 0
-    for i, note in enumerate(notes):
-        on, off = round(i * slot_seconds * 1000), round((i * slot_seconds + note_seconds) * 1000)
-        events += _var_len(on - now) + bytes([0xC0, note.program])
-        events += _var_len(0) + bytes([0x90, note.pitch, note.velocity])
-        events += _var_len(off - on) + bytes([0x80, note.pitch, 0])
-        now = off
-    end = round(len(notes) * slot_seconds * 1000)
-    events += _var_len(end - now) + b"\xff\x2f\x00"
+    for ms, message in events:
+        track += _var_len(ms - now) + message
+        now = ms
+    track += _var_len(max(0, end_ms - now)) + b"\xff\x2f\x00"
     with open(path, "wb") as f:
         f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 1000))
-        f.write(b"MTrk" + struct.pack(">I", len(events)) + bytes(events))
+        f.write(b"MTrk" + struct.pack(">I", len(track)) + bytes(track))
+
+
+def write_note_midi(path: str, notes: Sequence[Note], slot_seconds: float, note_seconds: float) -> None:
+    """``notes`` one after another, note i at i * slot_seconds, each setting its program first on
+    channel 0 (channel 9 is GM percussion)."""
+    events = []
+    for i, note in enumerate(notes):
+        on, off = round(i * slot_seconds * 1000), round((i * slot_seconds + note_seconds) * 1000)
+        events += [(on, bytes([0xC0, note.program])), (on, bytes([0x90, note.pitch, note.velocity])),
+                   (off, bytes([0x80, note.pitch, 0]))]
+    write_midi(path, events, round(len(notes) * slot_seconds * 1000))
 
 
 def soundfont_path(name: str) -> str:

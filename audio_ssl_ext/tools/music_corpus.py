@@ -25,7 +25,6 @@ import csv
 import logging
 import os
 import shutil
-import struct
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -38,9 +37,9 @@ from audio_ssl_ext.tools.eval_tasks import (
     TEST_SOUNDFONT,
     TRAIN_SOUNDFONT,
     EvalTaskError,
-    _var_len,
     render_slots,
     soundfont_path,
+    write_midi as write_timed_midi,
 )
 
 logger = logging.getLogger(__name__)
@@ -128,22 +127,13 @@ def compose(rng: np.random.Generator, soundfont: str, seconds: float) -> Piece:
 
 
 def write_midi(path: str, pieces: Sequence[Piece], slot_seconds: float) -> None:
-    """A format-0 MIDI file playing piece i from i * slot_seconds (1 tick = 1 ms: 1000 ticks per
-    beat at 1 s per beat, as ``eval_tasks.write_note_midi``)."""
+    """A MIDI file playing piece i from i * slot_seconds."""
     timed = sorted(
         ((round(i * slot_seconds * 1000) + ms, 0 if message[0] >> 4 in (0x8, 0xC) else 1, message)
          for i, piece in enumerate(pieces) for ms, message in piece.events),
         key=lambda e: (e[0], e[1]),  # note-offs and program changes before the note-ons of their instant
     )
-    track = bytearray(b"\x00\xff\x51\x03" + (1_000_000).to_bytes(3, "big"))
-    now = 0
-    for ms, _, message in timed:
-        track += _var_len(ms - now) + message
-        now = ms
-    track += _var_len(max(0, round(len(pieces) * slot_seconds * 1000) - now)) + b"\xff\x2f\x00"
-    with open(path, "wb") as f:
-        f.write(b"MThd" + struct.pack(">IHHH", 6, 0, 1, 1000))
-        f.write(b"MTrk" + struct.pack(">I", len(track)) + bytes(track))
+    write_timed_midi(path, ((ms, message) for ms, _, message in timed), round(len(pieces) * slot_seconds * 1000))
 
 
 def render(pieces: Sequence[Piece], soundfont: str, seconds: float) -> List[np.ndarray]:
