@@ -32,6 +32,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from audio_ssl_ext.tools.timing import interleaved_pairs  # noqa: E402
+
 
 def mfcc_like(n: int, seed: int, components: int = 256) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -75,6 +77,12 @@ def fairseq_recipe(n_clusters: int, seed: int):
 ASSIGN_REPEATS = 21
 
 
+def timed(function, *args) -> float:
+    started = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - started
+
+
 def run_case(name: str, x: np.ndarray, n_clusters: int, seed: int, threads: int) -> tuple:
     from threadpoolctl import threadpool_limits
 
@@ -90,14 +98,9 @@ def run_case(name: str, x: np.ndarray, n_clusters: int, seed: int, threads: int)
         our_seconds = time.perf_counter() - started
         theirs = KMeansModel(reference.cluster_centers_)
         sklearn_inertia, our_inertia = theirs.inertia(x), ours.inertia(x)
-        # one predict of 100k frames takes ~15 ms: median of interleaved repeats, order alternating
-        seconds = {"ours": [], "sklearn": []}
-        for repeat in range(ASSIGN_REPEATS):
-            for who in (("ours", "sklearn") if repeat % 2 == 0 else ("sklearn", "ours")):
-                started = time.perf_counter()
-                (ours if who == "ours" else reference).predict(x)
-                seconds[who].append(time.perf_counter() - started)
-        assign_rate, sklearn_assign_rate = (len(x) / float(np.median(seconds[w])) for w in ("ours", "sklearn"))
+        # one predict of 100k frames takes ~15 ms: the median of interleaved repeats
+        seconds = interleaved_pairs(lambda: timed(ours.predict, x), lambda: timed(reference.predict, x), ASSIGN_REPEATS)
+        assign_rate, sklearn_assign_rate = (len(x) / float(np.median(s)) for s in zip(*seconds))
     speedup = sklearn_seconds / our_seconds
     ratio = our_inertia / sklearn_inertia
     print(f"[{name}] sklearn (fairseq recipe): {sklearn_seconds:.2f} s, inertia {sklearn_inertia:.6g}", flush=True)

@@ -36,6 +36,7 @@ from audio_ssl_ext.modules.multi_window_attention import (
     paper_window_sizes,
 )
 from audio_ssl_ext.modules.vit import Attention, Block, init_vit_weights
+from audio_ssl_ext.tools.timing import interleaved_pairs
 
 
 class ReferenceAttention(nn.Module):
@@ -85,26 +86,6 @@ def make_timer(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, device) -
         return time.perf_counter() - wall, time.process_time() - cpu
 
     return run
-
-
-def interleaved_pairs(ours: Callable, other: Callable, pairs: int, warmup: int) -> List[Tuple[Tuple, Tuple]]:
-    """``pairs`` x ((wall, cpu) of ours, (wall, cpu) of other), run back to back.
-
-    Which of the two runs first alternates from pair to pair: the first run of a pair inherits
-    the caches and the allocator state the other module left, so a fixed order biases the ratio.
-    """
-    for _ in range(warmup):
-        ours(), other()
-    timings = []
-    for pair in range(pairs):
-        if pair % 2 == 0:
-            a = ours()
-            b = other()
-        else:
-            b = other()
-            a = ours()
-        timings.append((a, b))
-    return timings
 
 
 def summary(ratios: List[float]) -> str:

@@ -54,6 +54,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from audio_ssl_ext.tools.timing import interleaved_pairs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(REPO, "examples")
 
@@ -216,19 +218,6 @@ def step_flops(step: Callable) -> int:
     return counter.get_total_flops()
 
 
-def interleaved(ours: Callable, stock: Callable, pairs: int, warmup: int, desc: str) -> List[Tuple[Tuple, Tuple]]:
-    for _ in range(warmup):
-        ours(), stock()
-    timings = []
-    for pair in tqdm(range(pairs), desc=desc, leave=False):
-        if pair % 2 == 0:
-            a, b = ours(), stock()
-        else:
-            b, a = stock(), ours()
-        timings.append((a, b))
-    return timings
-
-
 def sized(shape: str, config_name: str, family: str) -> Tuple[str, List[str]]:
     """(config name, overrides) of a shape's config: small is tiny's with the study's overrides."""
     if shape != "small":
@@ -253,7 +242,8 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
         if args.profile == pair.learner:
             profile(pair.learner, ours_step, stock_step)
         flops = step_flops(ours_step)
-        timings = interleaved(ours_step, stock_step, args.pairs, args.warmup, f"{pair.learner}/{shape}")
+        timings = interleaved_pairs(ours_step, stock_step, args.pairs, args.warmup,
+                                    lambda r: tqdm(r, desc=f"{pair.learner}/{shape}", leave=False))
     wall = [a[0] / b[0] for a, b in timings]
     cpu = [a[1] / b[1] for a, b in timings]
     source = ours_sample["net_input"]["source"]
