@@ -24,8 +24,8 @@ anything. The last line has a fixed form, our cost / stock cost per learner:
 
 ``--data`` measures the data path instead: items per second through fairseq's batch iterator
 with ``dataset.num_workers`` 0 and 2, on 5 s files and on 10 min files (only the crop should be
-read), and the fraction of a tiny training loop's time spent waiting for the next batch.
-Its last line: ``train_bench: data short_w0=... long_w0=... wait_tiny_w0=0.12 ...``.
+read), and the fraction of a tiny and a small training loop's time spent waiting for the next
+batch. Its last line: ``train_bench: data musichubert_short_w0=... wait_musichubert_tiny_w0=0.003 ...``.
 
 Each learner's line also gives our step's FLOPs (torch's FlopCounterMode: matmuls and convolutions,
 forward and backward) and the TFLOP/s achieved; with ``--peak-tflops`` the model FLOPs utilization.
@@ -321,26 +321,31 @@ def data_bench(args) -> None:
         with tempfile.TemporaryDirectory() as root:
             data_corpus(root, kind)
             for config_dir in DATA_CONFIGS:
-                cfg = compose(config_dir, "tiny", root, 32000, ["task.labels=[km]"] if config_dir == "musichubert" else [])
-                task = tasks.setup_task(cfg.task)
-                torch.manual_seed(0)
-                model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
-                task.load_dataset("train")  # after build_model: the crop task asks the model's frame grid
-                for workers in (0, 2):
-                    wall = time.perf_counter()
-                    items = sum(len(b["id"]) for b in batches(task, workers))
-                    rate = items / (time.perf_counter() - wall)
-                    results[f"{config_dir}_{kind}_w{workers}"] = rate
-                    print(f"loader {config_dir:11s} ({DATA_CONFIGS[config_dir]}) {kind:5s} files, num_workers={workers}: "
-                          f"{rate:7.1f} items/s", flush=True)
-                if kind == "short":
-                    for workers in (0, 2):
-                        results[f"wait_{config_dir}_w{workers}"] = wait_fraction(model, criterion, task, workers)
+                labels = ["task.labels=[km]"] if config_dir == "musichubert" else []
+                for shape in ("tiny", "small") if kind == "short" else ("tiny",):
+                    _, size = sized(shape, "tiny", config_dir)
+                    cfg = compose(config_dir, "tiny", root, 32000, labels + size)
+                    task = tasks.setup_task(cfg.task)
+                    torch.manual_seed(0)
+                    model, criterion = task.build_model(cfg.model), task.build_criterion(cfg.criterion)
+                    task.load_dataset("train")  # after build_model: the crop task asks the model's frame grid
+                    if shape == "tiny":
+                        for workers in (0, 2):
+                            wall = time.perf_counter()
+                            items = sum(len(b["id"]) for b in batches(task, workers))
+                            rate = items / (time.perf_counter() - wall)
+                            results[f"{config_dir}_{kind}_w{workers}"] = rate
+                            print(f"loader {config_dir:11s} ({DATA_CONFIGS[config_dir]}) {kind:5s} files, "
+                                  f"num_workers={workers}: {rate:7.1f} items/s", flush=True)
+                    if kind == "short":
+                        for workers in (0, 2):
+                            results[f"wait_{config_dir}_{shape}_w{workers}"] = wait_fraction(
+                                model, criterion, task, workers, shape)
     print("train_bench: data " + " ".join(f"{k}={v:.3g}" for k, v in results.items()), flush=True)
 
 
-def wait_fraction(model, criterion, task, workers: int) -> float:
-    """Share of a tiny training loop's wall time spent in ``next(batch iterator)``."""
+def wait_fraction(model, criterion, task, workers: int, shape: str) -> float:
+    """Share of a training loop's wall time spent in ``next(batch iterator)``."""
     waiting, wall = 0.0, time.perf_counter()
     iterator = iter(batches(task, workers))
     steps = 0
@@ -353,7 +358,7 @@ def wait_fraction(model, criterion, task, workers: int) -> float:
         make_step(model, criterion, sample)()
         steps += 1
     share = waiting / (time.perf_counter() - wall)
-    print(f"wait    {type(model).__name__:11s} tiny, num_workers={workers}: {share:.1%} of {steps} steps' time waiting for data",
+    print(f"wait    {type(model).__name__:11s} {shape}, num_workers={workers}: {share:.1%} of {steps} steps' time waiting for data",
           flush=True)
     return share
 
