@@ -7,7 +7,8 @@ training run per learner and claim variant -> probe next to random-init twins an
 STUDY_DIR (default study/) receives everything (audio_ssl_ext/tools/study.py lists the layout);
 report.md / report.json / report.png hold the table with 95% intervals, the bar per learner and
 the claims' verdicts. --quick: a first look (fewer clips, updates and seeds; under 30 minutes on
-2 cores); --micro: a few clips and updates, one seed (the test's mode). Without a mode flag the
+2 cores); --micro: a few clips and updates, one seed (the test's mode); --updates-scale X trains
+every run X times longer. Without a mode flag the
 study runs `full` (the CPU's small), or `gpu` (a larger small, twice the updates) when torch sees
 a CUDA device; --cpu / --gpu choose one of them. --only picks
 runs (musichubert = both iterations; jooci needs them). A run whose checkpoint and command are
@@ -33,11 +34,13 @@ def main(argv=None) -> int:
     group.add_argument("--cpu", action="store_true", help="the full mode at the CPU's small size, also on a GPU machine")
     group.add_argument("--gpu", action="store_true", help="the larger small on a CUDA GPU (default when there is one)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="these runs only")
+    parser.add_argument("--updates-scale", type=float, default=1.0, metavar="X",
+                        help="X times the mode's updates for every run (e.g. 4 for a longer study)")
     parser.add_argument("--examples", default=os.path.join(REPO, "examples"), help="the recipes' config folders")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    from audio_ssl_ext.tools.study import MODES, Study, StudyError
+    from audio_ssl_ext.tools.study import MODES, Study, StudyError, scaled
 
     os.makedirs(args.study_dir, exist_ok=True)
     log_path = os.path.join(args.study_dir, "study.log")
@@ -53,9 +56,9 @@ def main(argv=None) -> int:
         import torch
 
         name = "gpu" if torch.cuda.is_available() else "full"
-    mode = MODES[name]
     start = time.time()
     try:
+        mode = scaled(MODES[name], args.updates_scale)
         study = Study(args.study_dir, mode, args.examples, only=args.only, progress=not args.quiet)
         paths = study.run()
     except StudyError as err:

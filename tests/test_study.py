@@ -166,3 +166,14 @@ def test_the_gpu_mode_refuses_a_machine_without_cuda(tmp_path):
         pytest.skip("this machine has a CUDA device")
     with pytest.raises(study.StudyError, match="the gpu mode trains on a CUDA GPU, and torch sees none here"):
         study.Study(str(tmp_path), study.MODES["gpu"], "unused")
+
+
+def test_updates_scale_lengthens_every_run_and_its_schedules():
+    longer = study.scaled(study.MODES["full"], 4)
+    assert longer.name == "full, updates x4" and longer.updates["mwmae"] == 6000 and longer.updates["musichubert"] == 1600
+    overrides = study.size_overrides(longer, "music2vec")
+    assert "optimization.max_update=2000" in overrides and "model.ema_anneal_end_step=2000" in overrides
+    assert "lr_scheduler.warmup_updates=600" in study.size_overrides(longer, "mwmae")
+    assert study.scaled(study.MODES["full"], 1) is study.MODES["full"]
+    with pytest.raises(study.StudyError, match="--updates-scale 0: must be above 0"):
+        study.scaled(study.MODES["full"], 0)

@@ -31,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
@@ -190,6 +190,17 @@ def size_overrides(mode: Mode, family: str) -> List[str]:
     if family == "music2vec":
         common.append(f"model.ema_anneal_end_step={updates}")
     return SMALL[family] + list(mode.size.get(family, ())) + common
+
+
+def scaled(mode: Mode, factor: float) -> Mode:
+    """``mode`` with ``factor`` times its updates (warm-up and EMA schedules follow them): more
+    training for whoever has the time, under the mode's name with the factor."""
+    if factor <= 0:
+        raise StudyError(f"--updates-scale {factor:g}: must be above 0")
+    if factor == 1:
+        return mode
+    return replace(mode, name=f"{mode.name}, updates x{factor:g}",
+                   updates={k: max(1, round(v * factor)) for k, v in mode.updates.items()})
 
 
 class StudyError(RuntimeError):
