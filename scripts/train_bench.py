@@ -28,7 +28,9 @@ read), and the fraction of a tiny and a small training loop's time spent waiting
 batch. Its last line: ``train_bench: data musichubert_short_w0=... wait_musichubert_tiny_w0=0.003 ...``.
 
 Each learner's line also gives our step's FLOPs (torch's FlopCounterMode: matmuls and convolutions,
-forward and backward) and the TFLOP/s achieved; with ``--peak-tflops`` the model FLOPs utilization.
+forward and backward) and the TFLOP/s achieved; with ``--peak-tflops`` the model FLOPs utilization;
+and the FLOP ratio to the stock step, with the wall ratio divided by it: near 1 where a learner is
+slower only by the arithmetic its method adds (Audio-JEPA's target encoder, JOOCI's Other branch).
 On a GPU: ``--device cuda --bf16 --shapes base --peak-tflops 989``.
 
 ``--shapes small`` is the study's size (``make study``): each learner's tiny.yaml with
@@ -241,7 +243,7 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
         stock_step = make_step(*stock, args.device, args.bf16)
         if args.profile == pair.learner:
             profile(pair.learner, ours_step, stock_step)
-        flops = step_flops(ours_step)
+        flops, stock_flops = step_flops(ours_step), step_flops(stock_step)
         timings = interleaved_pairs(ours_step, stock_step, args.pairs, args.warmup,
                                     lambda r: tqdm(r, desc=f"{pair.learner}/{shape}", leave=False))
     wall = [a[0] / b[0] for a, b in timings]
@@ -259,7 +261,10 @@ def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
     )
     achieved = flops / ours_s / 1e12
     utilization = f", {achieved / args.peak_tflops:.1%} of the {args.peak_tflops:g} TFLOP/s peak" if args.peak_tflops else ""
-    print(f"{'':13s} ours: {flops / 1e9:.1f} GFLOP per step, {achieved:.3g} TFLOP/s{utilization}", flush=True)
+    # time ratio / FLOP ratio near 1: we are slower (or faster) only by the arithmetic the method adds
+    print(f"{'':13s} ours: {flops / 1e9:.1f} GFLOP per step, {achieved:.3g} TFLOP/s{utilization}; "
+          f"ours/stock FLOPs {flops / stock_flops:.3f}, wall ratio per FLOP ratio "
+          f"{statistics.median(wall) / (flops / stock_flops):.3f}", flush=True)
     return {"wall": statistics.median(wall), "cpu": statistics.median(cpu)}
 
 
