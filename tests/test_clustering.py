@@ -363,3 +363,4 @@ def test_predict_in_chunks_and_threads_gives_the_l2_nearest_centroid(monkeypatch
     np.testing.assert_array_equal(model.predict(x), expected)
     for threads in (1, 3):
         np.testing.assert_array_equal(kmeans.nearest_centroids(x, model.centroids, threads=threads), expected)
+    assert model.predict(x[:0]).shape == (0,)  # an empty utterance has no labels (faiss's answer too)

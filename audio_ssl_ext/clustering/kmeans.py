@@ -299,6 +299,8 @@ def nearest_centroids(x: np.ndarray, centroids: np.ndarray, threads: Optional[in
         weights, bias = np.vstack([weights, bias[None]]), None
     weights = np.ascontiguousarray(weights, dtype=np.float32)
     labels = np.empty(len(x), dtype=np.int64)
+    if len(x) == 0:
+        return labels
     threads = max(1, min(threads or faiss.omp_get_max_threads(), math.ceil(len(x) / CHUNK_FRAMES)))
     bounds = [len(x) * i // threads // CHUNK_FRAMES * CHUNK_FRAMES for i in range(threads)] + [len(x)]
     parts = [(bounds[i], bounds[i + 1]) for i in range(threads) if bounds[i] < bounds[i + 1]]
