@@ -17,10 +17,11 @@ from audio_ssl_ext.tools.music_corpus import EVAL_PROGRAMS, MusicCorpusError, ch
 from tests.utils import REPO_ROOT
 
 
-def fake_results(table):
-    """probe.json's shape from {model: {task: (mean, ci95)}}."""
+def fake_results(table, seeds=5):
+    """probe.json's shape from {model: {task: (mean, ci95)}}, ``seeds`` classifier runs each."""
     tasks = sorted({t for row in table.values() for t in row})
-    return {"models": list(table), "tasks": {t: {m: {"test_mean": table[m][t][0], "test_ci95": table[m][t][1]}
+    return {"models": list(table), "tasks": {t: {m: {"test_mean": table[m][t][0], "test_ci95": table[m][t][1],
+                                                     "runs": [{"test": table[m][t][0]}] * seeds}
                                               for m in table} for t in tasks}}
 
 
@@ -52,10 +53,9 @@ def test_claim_verdicts_from_intervals():
 
 def test_one_seed_gives_no_interval_so_no_verdict():
     """The probe gives a single seed a half-width of 0: any difference would then look real."""
-    results = fake_results({"a": {"t1": (0.9, 0.0)}, "a (random init)": {"t1": (0.1, 0.0)}})
-    assert study.compare(results, "a", "a (random init)", "t1") == study.HOLDS  # no run counts: as given
-    for model in results["tasks"]["t1"]:
-        results["tasks"]["t1"][model]["runs"] = [results["tasks"]["t1"][model]["test_mean"]]
+    table = {"a": {"t1": (0.9, 0.0)}, "a (random init)": {"t1": (0.1, 0.0)}}
+    assert study.compare(fake_results(table, seeds=2), "a", "a (random init)", "t1") == study.HOLDS
+    results = fake_results(table, seeds=1)
     assert study.compare(results, "a", "a (random init)", "t1") == study.NOISE
     assert not study.bar_verdict(results, "a", "a (random init)")["passes"]
 

@@ -223,7 +223,7 @@ def compare(results: dict, a: str, b: str, task: str) -> str:
     """HOLDS when a's 95% interval lies wholly above b's, DOES_NOT_HOLD when wholly below,
     NOISE when they overlap (touching counts as overlap) or a side has one seed (no interval:
     the probe gives it a half-width of 0, which any difference would clear)."""
-    if any(len(results["tasks"][task][m].get("runs", (0, 0))) < 2 for m in (a, b)):
+    if any(len(results["tasks"][task][m]["runs"]) < 2 for m in (a, b)):
         return NOISE
     (lo_a, hi_a), (lo_b, hi_b) = interval(results, task, a), interval(results, task, b)
     if lo_a > hi_b:
