@@ -61,7 +61,7 @@ def disk_full(folder: str, err: OSError) -> DiskFullError:
     return DiskFullError(f"{folder}: no space left on device ({err.strerror}); free space there or write elsewhere")
 
 
-def raise_if_disk_full(err: OSError, path: str) -> None:
+def raise_if_disk_full(err: BaseException, path: str) -> None:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         raise disk_full(os.path.dirname(os.path.abspath(path)), err) from err
 

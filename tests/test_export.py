@@ -373,3 +373,23 @@ def test_base_config_parameter_counts(learner, config):
         model = build_model({"family": family, "model": model_cfg, "task": task_cfg})
     count = sum(p.numel() for p in model.parameters())
     assert count == BASE_PARAMETERS[(learner, config)]
+
+
+def test_an_overwrite_that_fails_at_the_last_rename_keeps_the_previous_export(exported, tmp_path, monkeypatch):
+    import audio_ssl_ext.export as export
+
+    out = tmp_path / "out"
+    export_checkpoint(exported["music2vec"][0], str(out))
+    before = sorted(os.listdir(out))
+    real_replace = os.replace
+
+    def fail_into_out(src, dst):
+        if dst == str(out) and os.path.basename(src).startswith(".export."):
+            raise OSError("simulated")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export.os, "replace", fail_into_out)
+    with pytest.raises(OSError, match="simulated"):
+        export_checkpoint(exported["music2vec"][0], str(out), overwrite=True)
+    assert sorted(os.listdir(out)) == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export")]

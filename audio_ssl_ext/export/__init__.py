@@ -199,7 +199,12 @@ def export_checkpoint(
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=".export-old.", dir=parent)
             os.replace(out_dir, old)
-        os.replace(staging, out_dir)
+        try:
+            os.replace(staging, out_dir)
+        except BaseException:
+            if old is not None:  # the previous export goes back where it was
+                os.replace(old, out_dir)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
