@@ -64,8 +64,9 @@ EXAMPLES = os.path.join(REPO, "examples")
 # Per shape: (batch size, crop samples for the waveform learners). Base runs a small batch and a
 # 2 s crop (JOOCI 4 s: its global crops) so that a CPU gets through a few steps; the patch
 # learners' crop is fixed by their config (input_frames). small is the study's size: tiny.yaml
-# with audio_ssl_ext.tools.study.SMALL's overrides (see sized()).
-SHAPES = {"tiny": (8, 32000), "small": (8, 32000), "base": (2, 32000)}
+# with audio_ssl_ext.tools.study.SMALL's overrides, and the batch those give (None: the config's
+# batch_size, or max_tokens over the crop; 16 spectrograms or 8 waveform crops).
+SHAPES = {"tiny": (8, 32000), "small": (None, 32000), "base": (2, 32000)}
 
 
 @dataclasses.dataclass
@@ -122,7 +123,8 @@ def write_corpus(root: str, items: int, samples: int, sample_rate: int, label_se
                 f.write(" ".join(map(str, rng.integers(0, classes, frames))) + "\n")
 
 
-def build(config_dir: str, config_name: str, overrides: Sequence[str], kind: str, batch: int, crop: int, root: str):
+def build(config_dir: str, config_name: str, overrides: Sequence[str], kind: str, batch: Optional[int], crop: int,
+          root: str):
     """(model, criterion, batch) of one config; ``kind`` swaps in the stock fairseq model."""
     from fairseq import tasks
 
@@ -133,6 +135,8 @@ def build(config_dir: str, config_name: str, overrides: Sequence[str], kind: str
     else:
         samples = int(round(cfg.task.crop_seconds * cfg.task.sample_rate))
         labels, label_rate = [], 50
+    if batch is None:
+        batch = cfg.dataset.get("batch_size") or cfg.dataset.max_tokens // samples
     if not os.path.exists(os.path.join(root, "train.tsv")):
         write_corpus(root, batch, samples, cfg.task.sample_rate, labels, label_rate)
     task = tasks.setup_task(cfg.task)
@@ -224,23 +228,24 @@ def step_flops(step: Callable) -> Optional[int]:
     return counter.get_total_flops()
 
 
-def sized(shape: str, config_name: str, family: str) -> Tuple[str, List[str]]:
-    """(config name, overrides) of a shape's config: small is tiny's with the study's overrides."""
+def small_overrides(shape: str, family: str) -> List[str]:
+    """The study's overrides of ``family`` at the small shape (whose configs are tiny's)."""
     if shape != "small":
-        return config_name, []
+        return []
     from audio_ssl_ext.tools.study import SMALL
 
-    return config_name.replace("small", "tiny"), list(SMALL[family])
+    return list(SMALL[family])
 
 
 def bench(pair: Pair, shape: str, args) -> Dict[str, float]:
     batch, crop = SHAPES[shape]
     with tempfile.TemporaryDirectory() as ours_root, tempfile.TemporaryDirectory() as stock_root:
-        ours_name, ours_overrides = sized(shape, shape, pair.families[0])
+        config_shape = "tiny" if shape == "small" else shape
+        ours_name, ours_overrides = config_shape, small_overrides(shape, pair.families[0])
         ours_model, ours_criterion, ours_sample = build(pair.config_dir, ours_name, ours_overrides, "same", batch,
                                                         crop, ours_root)
         ours_cfg = compose(pair.config_dir, ours_name, ours_root, crop, ours_overrides)
-        stock_config, stock_overrides = sized(shape, pair.stock_config(shape), pair.families[1])
+        stock_config, stock_overrides = pair.stock_config(config_shape), small_overrides(shape, pair.families[1])
         stock = build(pair.stock_config_dir, stock_config, stock_overrides + pair.stock_overrides(ours_cfg),
                       pair.stock_kind, batch, crop, stock_root)
         ours_step = make_step(ours_model, ours_criterion, ours_sample, args.device, args.bf16)
@@ -332,7 +337,7 @@ def data_bench(args) -> None:
             for config_dir in DATA_CONFIGS:
                 labels = ["task.labels=[km]"] if config_dir == "musichubert" else []
                 for shape in ("tiny", "small") if kind == "short" else ("tiny",):
-                    _, size = sized(shape, "tiny", config_dir)
+                    size = small_overrides(shape, config_dir)
                     cfg = compose(config_dir, "tiny", root, 32000, labels + size)
                     task = tasks.setup_task(cfg.task)
                     torch.manual_seed(0)
